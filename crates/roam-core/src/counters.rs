@@ -1,0 +1,73 @@
+//! Counters of everything the core did and everything it refused, by reason. Every
+//! drop has its own counter: observability is a feature.
+
+use serde::Serialize;
+
+macro_rules! counters {
+    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* $field:ident),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+        pub struct $name { $($(#[$fm])* pub $field: u64),* }
+
+        impl $name {
+            /// Every counter with its name, in declaration order.
+            pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+                [$((stringify!($field), self.$field)),*].into_iter()
+            }
+        }
+    };
+}
+
+counters! {
+    /// Control-plane counters of one endpoint.
+    pub struct Counters {
+        /// Control datagrams handed to the driver.
+        messages_sent,
+        /// Of those, retransmissions (update, registration, termination).
+        retransmits,
+        /// Control datagrams received and accepted.
+        messages_accepted,
+        /// Dropped: the datagram is not a well-formed control message.
+        drop_malformed,
+        /// Dropped: authentication failed (bad MAC or unknown SPI).
+        drop_bad_auth,
+        /// Dropped: replay-protect ID already seen or older than the window.
+        drop_replay,
+        /// Dropped: a message other than registration from a sender we do not know.
+        drop_unknown_peer,
+        /// Dropped: a reply that matches no outstanding request (or an old one).
+        drop_unexpected_reply,
+        /// Dropped: a message type this endpoint does not serve (e.g. Subscribe, which
+        /// is for a rendezvous service).
+        drop_unsupported,
+        /// Migrations refused because the peer's update was older than one applied.
+        migrations_stale,
+        /// Migrations naming a flow we do not share with that peer.
+        migrations_unknown_flow,
+        /// Migrations refused (family change, tuple conflict, not authorised).
+        migrations_refused,
+        /// Flows of peers whose moves we applied.
+        migrations_applied,
+        /// Our flows moved and confirmed by the peer.
+        flows_moved,
+        /// Our flows whose move was never confirmed (retries exhausted or refused).
+        flows_move_failed,
+        /// Flows whose host did not answer registration (not running roam; seed 000
+        /// FIG. 21): left alone.
+        flows_without_peer,
+        /// Flows whose local address vanished with no peer to tell (they will break).
+        flows_stranded,
+        /// Flows remapped to keep two connections apart (seed 000 ¶0067-¶0069).
+        conflicts_resolved,
+        /// Conflicts refused because the remap limit was reached.
+        conflicts_refused,
+        /// Peers registered.
+        peers_registered,
+        /// Registration attempts that ended unanswered.
+        registrations_failed,
+        /// Update-Requests answered.
+        update_requests_answered,
+        /// Terminations received and applied.
+        terminations_applied,
+    }
+}

@@ -1,0 +1,911 @@
+//! Control messages: what the endpoint sends, and what it does with what it receives.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use roam_wire::{
+    Capabilities, DecodeError, Extension, Header, Locator, LocatorRole, MAX_DATAGRAM_LEN, Message,
+    MessageType, Migration, MigrationStatus, NodeId, Opaque, ProtoFlags, ReplyCode,
+};
+use tracing::{debug, trace};
+
+use super::flow::FlowPeer;
+use super::peer::{Exchange, Peer, ProbeState};
+use super::replay::ReplayCheck;
+use super::{DataPlaneCommand, Endpoint, Event, MoveMessage, Transmit};
+use crate::time::Instant;
+use crate::translate::{Protocol, Tuple};
+
+/// Capabilities this endpoint announces in registrations.
+const OUR_CAPABILITIES: u32 = Capabilities::MOBILE | Capabilities::HOLDS_PACKETS;
+
+/// Which flows of a peer a migration (or address change) names, from our point of view.
+#[derive(Clone, Copy, Debug)]
+struct Selector {
+    protocols: ProtoFlags,
+    /// The peer's original endpoint (port 0: any).
+    remote: SocketAddr,
+    /// Our original endpoint (unspecified address / port 0: any).
+    local: SocketAddr,
+    /// Where the peer is now (port 0: keep each flow's port).
+    new_remote: SocketAddr,
+}
+
+impl Selector {
+    fn from_migration(m: &Migration) -> Selector {
+        Selector {
+            protocols: m.protocols(),
+            remote: m.original(),
+            local: m.peer(),
+            new_remote: m.new_endpoint(),
+        }
+    }
+
+    /// The single flow it names, if it names exactly one.
+    fn exact_key(&self) -> Option<Tuple> {
+        let protocol = match self.protocols {
+            ProtoFlags::TCP => Protocol::Tcp,
+            ProtoFlags::UDP => Protocol::Udp,
+            _ => return None,
+        };
+        if self.remote.port() == 0 || self.local.port() == 0 || self.local.ip().is_unspecified() {
+            return None;
+        }
+        Some(Tuple::new(protocol, self.local, self.remote))
+    }
+
+    fn matches(&self, wire_key: &Tuple) -> bool {
+        self.protocols.covers(wire_key.protocol.ip_number())
+            && wire_key.remote.ip() == self.remote.ip()
+            && (self.remote.port() == 0 || wire_key.remote.port() == self.remote.port())
+            && (self.local.ip().is_unspecified() || wire_key.local.ip() == self.local.ip())
+            && (self.local.port() == 0 || wire_key.local.port() == self.local.port())
+    }
+}
+
+fn proto_flag(p: Protocol) -> ProtoFlags {
+    match p {
+        Protocol::Tcp => ProtoFlags::TCP,
+        Protocol::Udp => ProtoFlags::UDP,
+    }
+}
+
+fn reply_type(t: MessageType) -> MessageType {
+    match t {
+        MessageType::MigrationRequest => MessageType::MigrationReply,
+        MessageType::AddressChange => MessageType::MigrationCompleted,
+        MessageType::Termination => MessageType::TerminationAck,
+        MessageType::RegistrationRequest => MessageType::RegistrationReply,
+        _ => MessageType::ConnectionUpdateAck,
+    }
+}
+
+impl Endpoint {
+    // ---- receiving ----
+
+    pub(super) fn handle_datagram(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        payload: &[u8],
+    ) {
+        let key = &self.key;
+        let msg = match Message::decode(payload, |_, spi| (spi == key.spi()).then_some(key)) {
+            Ok(m) => m,
+            Err(e) => {
+                self.count_decode_error(&e);
+                debug!(%remote, reason = e.reason(), "dropping control datagram: {e}");
+                return;
+            }
+        };
+        let h = msg.header;
+        if h.sender == self.config.node_id {
+            self.counters.drop_unexpected_reply += 1;
+            return;
+        }
+        // Replay protection (seed 001 FIG. 5 "Replay Protect ID"): the window moves only
+        // for authenticated messages, which these are.
+        match self.peers.get_mut(&h.sender) {
+            Some(p) => {
+                if p.replay.check(h.replay_id) == ReplayCheck::Replayed {
+                    self.counters.drop_replay += 1;
+                    debug!(%remote, sender = %h.sender, id = h.replay_id, "dropping replayed message");
+                    return;
+                }
+                p.replay.record(h.replay_id);
+            }
+            None if matches!(
+                h.msg_type,
+                MessageType::RegistrationRequest | MessageType::RegistrationReply
+            ) => {}
+            None => {
+                self.counters.drop_unknown_peer += 1;
+                debug!(%remote, sender = %h.sender, kind = %h.msg_type, "dropping message from unknown peer");
+                return;
+            }
+        }
+        trace!(%remote, kind = %h.msg_type, seq = h.sequence, "control message");
+        use MessageType::*;
+        match h.msg_type {
+            RegistrationRequest => self.on_registration_request(local, remote, &msg),
+            RegistrationReply => self.on_registration_reply(now, remote, &msg),
+            ConnectionUpdate | MigrationRequest | AddressChange => self.on_update(now, local, remote, &msg),
+            ConnectionUpdateAck | MigrationReply | MigrationCompleted => self.on_update_ack(now, &msg),
+            ConnectionUpdateRequest => self.on_update_request(remote, &msg),
+            Termination => self.on_termination(local, remote, &msg),
+            TerminationAck => self.on_termination_ack(&msg),
+            // Subscribe, Publish and Notify are for the rendezvous service.
+            Subscribe | Publish | Notify => {
+                self.counters.drop_unsupported += 1;
+                return;
+            }
+        }
+        self.counters.messages_accepted += 1;
+    }
+
+    fn count_decode_error(&mut self, e: &DecodeError) {
+        if e.is_authentication_failure() {
+            self.counters.drop_bad_auth += 1;
+        } else {
+            self.counters.drop_malformed += 1;
+        }
+    }
+
+    /// Creates or refreshes a peer from a registration and attaches its flows.
+    fn register_peer(&mut self, remote: SocketAddr, msg: &Message) -> bool {
+        let h = msg.header;
+        let first_seq = (self.rng.next_u32() & 0xffff) as u16;
+        let is_new = !self.peers.contains_key(&h.sender);
+        let peer = self
+            .peers
+            .entry(h.sender)
+            .or_insert_with(|| Peer::new(h.sender, remote, first_seq));
+        if is_new {
+            peer.replay.record(h.replay_id);
+        }
+        peer.control = remote;
+        peer.addrs.insert(remote.ip());
+        // A registration starts a new association: a restarted peer numbers its
+        // updates afresh, and they must not be taken for stale ones.
+        peer.last_update_seq = None;
+        if let Some(own) = msg.locator(LocatorRole::Own) {
+            peer.reported = Some(own.addr());
+            // Seed 000 ¶0106 / FIG. 19: a peer whose own idea of its address differs
+            // from the datagram's apparent source is behind a NAT.
+            peer.behind_nat = own.addr().ip() != remote.ip();
+        }
+        if let Some(c) = msg.capabilities() {
+            peer.capabilities = c.flags;
+        }
+        self.adopt_flows(h.sender, remote.ip());
+        if is_new {
+            self.counters.peers_registered += 1;
+        }
+        is_new
+    }
+
+    fn on_registration_request(&mut self, local: SocketAddr, remote: SocketAddr, msg: &Message) {
+        let is_new = self.register_peer(remote, msg);
+        if is_new {
+            let p = &self.peers[&msg.header.sender];
+            self.events.push_back(Event::PeerRegistered {
+                peer: p.id,
+                control: p.control,
+                rtt: None,
+                behind_nat: p.behind_nat,
+            });
+        }
+        let mut h = self.header(MessageType::RegistrationReply, msg.header.sequence);
+        h.flags = ReplyCode::Accepted as u8;
+        let reply = Message::new(h)
+            .with(Extension::Locator(Locator::new(
+                LocatorRole::Own,
+                SocketAddr::new(local.ip(), self.config.control_port),
+            )))
+            .with(Extension::Capabilities(Capabilities {
+                flags: OUR_CAPABILITIES,
+            }));
+        self.send(local.ip(), remote, &reply);
+    }
+
+    fn on_registration_reply(&mut self, now: Instant, remote: SocketAddr, msg: &Message) {
+        let rtt = match self.probes.get(&remote.ip()).map(|p| &p.state) {
+            Some(ProbeState::Pending {
+                seq,
+                first_sent,
+                exchange,
+            }) if *seq == msg.header.sequence => {
+                // Karn's algorithm: only an unambiguous (first) transmission is a sample.
+                (exchange.attempts == 1).then(|| now - *first_sent)
+            }
+            _ => {
+                self.counters.drop_unexpected_reply += 1;
+                return;
+            }
+        };
+        self.probes.remove(&remote.ip());
+        if ReplyCode::from_u8(msg.header.flags) != Some(ReplyCode::Accepted) {
+            self.counters.registrations_failed += 1;
+            return;
+        }
+        let is_new = self.register_peer(remote, msg);
+        let p = self.peers.get_mut(&msg.header.sender).expect("just registered");
+        if let Some(rtt) = rtt {
+            p.rtt_sample(rtt);
+        }
+        if is_new {
+            let ev = Event::PeerRegistered {
+                peer: p.id,
+                control: p.control,
+                rtt,
+                behind_nat: p.behind_nat,
+            };
+            self.events.push_back(ev);
+        }
+    }
+
+    /// Seed 000 ¶0062-¶0064 (Connection Update), seed 001 FIG. 4 (Migration Request),
+    /// seed 003 (Address Change): the peer moved; update our current tuples and answer.
+    fn on_update(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, msg: &Message) {
+        let h = msg.header;
+        let peer_id = h.sender;
+        let stale = self.peers[&peer_id].update_is_stale(h.sequence);
+        let selectors: Vec<(Option<Migration>, Selector)> = match h.msg_type {
+            MessageType::AddressChange => {
+                let (Some(old), Some(new)) = (msg.locator(LocatorRole::Old), msg.locator(LocatorRole::New))
+                else {
+                    return;
+                };
+                vec![(
+                    None,
+                    Selector {
+                        protocols: ProtoFlags::ALL,
+                        remote: SocketAddr::new(old.addr().ip(), 0),
+                        local: SocketAddr::new(unspecified(old.addr().ip()), 0),
+                        new_remote: SocketAddr::new(new.addr().ip(), 0),
+                    },
+                )]
+            }
+            _ => msg
+                .migrations()
+                .map(|m| (Some(*m), Selector::from_migration(m)))
+                .collect(),
+        };
+        let outage = std::time::Duration::from_millis(u64::from(msg.outage_ms().unwrap_or(0)));
+        let mut moved = 0usize;
+        let mut statuses = Vec::with_capacity(selectors.len());
+        for (_, sel) in &selectors {
+            let status = if stale {
+                self.counters.migrations_stale += 1;
+                MigrationStatus::Stale
+            } else {
+                let (applied, status) = self.apply_selector(peer_id, sel, outage);
+                moved += applied;
+                status
+            };
+            statuses.push(status);
+        }
+        if !stale {
+            let p = self.peers.get_mut(&peer_id).expect("sender is a peer");
+            p.last_update_seq = Some(h.sequence);
+            p.control = remote;
+            p.addrs.insert(remote.ip());
+            for (_, sel) in &selectors {
+                if sel.remote.ip() != sel.new_remote.ip() {
+                    p.addrs.remove(&sel.remote.ip());
+                }
+                p.addrs.insert(sel.new_remote.ip());
+            }
+            // The peer moved: our own outstanding requests went to its old address.
+            // Send them again, now, to where it is (simultaneous moves, seed 000 ¶0078).
+            for ex in [&mut p.update, &mut p.termination].into_iter().flatten() {
+                ex.next = now;
+            }
+            if moved > 0 {
+                self.events.push_back(Event::PeerMoved {
+                    peer: peer_id,
+                    flows: moved,
+                    to: remote,
+                });
+            }
+        }
+        // Answer, also to a duplicate: the first answer may have been lost.
+        let mut rh = self.header(reply_type(h.msg_type), h.sequence);
+        let mut reply = Message::new(rh);
+        if h.msg_type == MessageType::AddressChange {
+            let all_ok = statuses.iter().all(|s| *s == MigrationStatus::Ok);
+            rh.flags = if all_ok {
+                ReplyCode::Accepted
+            } else if stale {
+                ReplyCode::Denied
+            } else {
+                ReplyCode::Unknown
+            } as u8;
+            reply.header = rh;
+            for role in [LocatorRole::Old, LocatorRole::New] {
+                if let Some(l) = msg.locator(role) {
+                    reply = reply.with(Extension::Locator(*l));
+                }
+            }
+        } else {
+            for ((m, _), status) in selectors.iter().zip(statuses) {
+                if let Some(m) = m {
+                    reply = reply.with(Extension::Migration(m.with_status(status)));
+                }
+            }
+        }
+        self.send(local.ip(), remote, &reply);
+    }
+
+    /// Applies one selector to a peer's flows: (flows changed, status to report).
+    /// `outage`: how long the mover says its flows have been without a path.
+    fn apply_selector(&mut self, peer: NodeId, sel: &Selector, outage: Duration) -> (usize, MigrationStatus) {
+        let targets: Vec<Tuple> = match sel.exact_key() {
+            Some(key) => self.flows_by_wire_key(peer, &key),
+            None => self.peers[&peer]
+                .flows
+                .iter()
+                .filter(|o| self.flows.get(o).is_some_and(|f| sel.matches(&f.wire_key)))
+                .copied()
+                .collect(),
+        };
+        if targets.is_empty() {
+            self.counters.migrations_unknown_flow += 1;
+            return (0, MigrationStatus::UnknownFlow);
+        }
+        let mut changed = 0;
+        let mut status = MigrationStatus::Ok;
+        for o in targets {
+            let Some(flow) = self.flows.get(&o) else { continue };
+            let port = match sel.new_remote.port() {
+                0 => flow.current.remote.port(),
+                p => p,
+            };
+            let new_remote = SocketAddr::new(sel.new_remote.ip(), port);
+            if new_remote.is_ipv4() != flow.original.remote.is_ipv4() {
+                // roam translates addresses, not families (that would be NAT64).
+                self.counters.migrations_refused += 1;
+                status = MigrationStatus::Refused;
+                continue;
+            }
+            let cand = Tuple {
+                remote: new_remote,
+                ..flow.current
+            };
+            if cand == flow.current {
+                continue; // a duplicate: already applied
+            }
+            if self.current_taken(&cand, &o) {
+                self.counters.migrations_refused += 1;
+                status = MigrationStatus::Refused;
+                continue;
+            }
+            self.set_current(&o, cand);
+            if let Some(f) = self.flows.get_mut(&o) {
+                f.moves += 1;
+            }
+            self.sync_entry(&o);
+            if o.protocol == Protocol::Tcp {
+                self.dataplane.push_back(DataPlaneCommand::Resend { original: o });
+            }
+            self.nudge(&o, outage);
+            self.counters.migrations_applied += 1;
+            changed += 1;
+        }
+        (changed, status)
+    }
+
+    /// The peer confirmed (or refused) our update.
+    fn on_update_ack(&mut self, now: Instant, msg: &Message) {
+        let h = msg.header;
+        let peer_id = h.sender;
+        let Some(ex) = self.peers[&peer_id].update.as_ref() else {
+            self.counters.drop_unexpected_reply += 1;
+            return;
+        };
+        if ex.seq != h.sequence {
+            // An answer to an update a newer one superseded.
+            self.counters.drop_unexpected_reply += 1;
+            return;
+        }
+        let pending: Vec<Tuple> = ex.flows.iter().copied().collect();
+        let mut confirmed = Vec::new();
+        let mut refused = Vec::new();
+        if h.msg_type == MessageType::MigrationCompleted {
+            let (Some(old), Some(new)) = (msg.locator(LocatorRole::Old), msg.locator(LocatorRole::New))
+            else {
+                return;
+            };
+            let ok = ReplyCode::from_u8(h.flags) == Some(ReplyCode::Accepted);
+            for o in pending {
+                let Some(f) = self.flows.get(&o) else { continue };
+                if f.wire_key.local.ip() == old.addr().ip() && f.current.local.ip() == new.addr().ip() {
+                    if ok { confirmed.push(o) } else { refused.push(o) }
+                }
+            }
+        } else {
+            for m in msg.migrations() {
+                for o in &pending {
+                    let Some(f) = self.flows.get(o) else { continue };
+                    if f.wire_key.local == m.original()
+                        && f.wire_key.remote == m.peer()
+                        && proto_flag(f.original.protocol) == m.protocols()
+                        // An ack naming an address we have since left is for an older move.
+                        && f.current.local == m.new_endpoint()
+                    {
+                        match m.status() {
+                            MigrationStatus::Ok => confirmed.push(*o),
+                            MigrationStatus::Stale => {}
+                            MigrationStatus::UnknownFlow | MigrationStatus::Refused => refused.push(*o),
+                        }
+                    }
+                }
+            }
+        }
+        for o in &confirmed {
+            self.confirm_flow(now, o);
+        }
+        if !refused.is_empty() {
+            self.fail_flows(peer_id, refused, "refused by the peer");
+        }
+        self.finish_update_if_done(now, peer_id);
+    }
+
+    fn confirm_flow(&mut self, now: Instant, o: &Tuple) {
+        let Some(f) = self.flows.get_mut(o) else { return };
+        let since = f.moving_since.take();
+        let was_moving = since.is_some();
+        if was_moving {
+            f.moves += 1;
+            self.counters.flows_moved += 1;
+        }
+        if let FlowPeer::Peer(p) = f.peer
+            && let Some(ex) = self.peers.get_mut(&p).and_then(|p| p.update.as_mut())
+        {
+            ex.flows.remove(o);
+        }
+        self.sync_entry(o);
+        if let Some(t) = since {
+            self.nudge(o, now - t);
+        }
+    }
+
+    /// Gives up on moving these flows with `peer`. Their translation is released
+    /// (not held any more): the peer may have applied the update and lost only its
+    /// answers, and a held flow would never send again.
+    fn fail_flows(&mut self, peer: NodeId, flows: Vec<Tuple>, reason: &'static str) {
+        for o in &flows {
+            if let Some(f) = self.flows.get_mut(o) {
+                f.moving_since = None;
+            }
+            if let Some(ex) = self.peers.get_mut(&peer).and_then(|p| p.update.as_mut()) {
+                ex.flows.remove(o);
+            }
+            self.sync_entry(o);
+        }
+        self.counters.flows_move_failed += flows.len() as u64;
+        self.events.push_back(Event::MoveFailed { peer, flows, reason });
+    }
+
+    fn finish_update_if_done(&mut self, now: Instant, peer_id: NodeId) {
+        let p = self.peers.get_mut(&peer_id).expect("peer exists");
+        let Some(ex) = p.update.as_ref() else { return };
+        if !ex.flows.is_empty() {
+            return;
+        }
+        let elapsed = now - ex.started;
+        let ev = Event::MoveCompleted {
+            peer: peer_id,
+            flows: ex.total,
+            elapsed,
+            retransmits: ex.attempts - 1,
+        };
+        p.last_move = Some((now, elapsed));
+        p.update = None;
+        self.events.push_back(ev);
+    }
+
+    /// Seed 000 ¶0091: a peer asks for our current attachment point.
+    fn on_update_request(&mut self, remote: SocketAddr, msg: &Message) {
+        let peer_id = msg.header.sender;
+        let named: Vec<Selector> = msg.migrations().map(Selector::from_migration).collect();
+        let p = self.peers.get_mut(&peer_id).expect("sender is a peer");
+        p.control = remote;
+        let flows: Vec<Tuple> = p
+            .flows
+            .iter()
+            .filter(|o| {
+                named.is_empty()
+                    || self
+                        .flows
+                        .get(o)
+                        .is_some_and(|f| named.iter().any(|s| s.matches(&f.wire_key)))
+            })
+            .copied()
+            .collect();
+        p.refresh.extend(flows);
+        p.update_needed = true;
+        self.counters.update_requests_answered += 1;
+    }
+
+    fn on_termination(&mut self, local: SocketAddr, remote: SocketAddr, msg: &Message) {
+        let peer_id = msg.header.sender;
+        let sels: Vec<Selector> = msg.migrations().map(Selector::from_migration).collect();
+        let targets: Vec<Tuple> = self.peers[&peer_id]
+            .flows
+            .iter()
+            .filter(|o| {
+                sels.is_empty()
+                    || self
+                        .flows
+                        .get(o)
+                        .is_some_and(|f| sels.iter().any(|s| s.matches(&f.wire_key)))
+            })
+            .copied()
+            .collect();
+        let mut n = 0;
+        for o in targets {
+            if let Some(f) = self.flows.get_mut(&o)
+                && (f.current != f.original || f.moving_since.is_some())
+            {
+                f.moving_since = None;
+                self.set_current(&o, o);
+                self.sync_entry(&o);
+                n += 1;
+            }
+        }
+        self.counters.terminations_applied += n as u64;
+        if n > 0 {
+            self.events.push_back(Event::FlowsTerminated {
+                peer: peer_id,
+                flows: n,
+            });
+        }
+        let mut reply = Message::new(self.header(MessageType::TerminationAck, msg.header.sequence));
+        for m in msg.migrations() {
+            reply = reply.with(Extension::Migration(*m));
+        }
+        self.send(local.ip(), remote, &reply);
+    }
+
+    fn on_termination_ack(&mut self, msg: &Message) {
+        let p = self.peers.get_mut(&msg.header.sender).expect("sender is a peer");
+        match &p.termination {
+            Some(ex) if ex.seq == msg.header.sequence => p.termination = None,
+            _ => self.counters.drop_unexpected_reply += 1,
+        }
+    }
+
+    // ---- sending ----
+
+    fn header(&mut self, t: MessageType, seq: u16) -> Header {
+        let id = self.next_replay_id();
+        Header::new(t, self.config.node_id, seq, id)
+    }
+
+    fn send(&mut self, src_ip: IpAddr, dst: SocketAddr, msg: &Message) {
+        match msg.encode(&self.key) {
+            Ok(payload) => {
+                self.counters.messages_sent += 1;
+                self.transmits.push_back(Transmit {
+                    src: SocketAddr::new(src_ip, self.config.control_port),
+                    dst,
+                    payload,
+                });
+            }
+            // Only a bug in this module can build an invalid message.
+            Err(e) => debug_assert!(false, "cannot encode {}: {e}", msg.header.msg_type),
+        }
+    }
+
+    /// The address to send to `dst` from: the newest of its family.
+    fn source_for(&self, dst: IpAddr) -> Option<IpAddr> {
+        self.newest_address(dst.is_ipv4())
+    }
+
+    pub(super) fn send_registration(&mut self, from: IpAddr, remote: IpAddr, seq: u16) {
+        let msg = Message::new(self.header(MessageType::RegistrationRequest, seq))
+            .with(Extension::Locator(Locator::new(
+                LocatorRole::Own,
+                SocketAddr::new(from, self.config.control_port),
+            )))
+            .with(Extension::Capabilities(Capabilities {
+                flags: OUR_CAPABILITIES,
+            }));
+        self.send(from, SocketAddr::new(remote, self.config.control_port), &msg);
+    }
+
+    /// Builds updates for every peer whose flows moved (one exchange per peer; a newer
+    /// move supersedes an unanswered one, seed 000 ¶0059).
+    pub(super) fn flush_updates(&mut self, now: Instant) {
+        let due: Vec<NodeId> = self
+            .peers
+            .values()
+            .filter(|p| p.update_needed)
+            .map(|p| p.id)
+            .collect();
+        for id in due {
+            let p = &self.peers[&id];
+            let mut flows: BTreeSet<Tuple> = p
+                .flows
+                .iter()
+                // An orphaned flow has nowhere to move to yet.
+                .filter(|o| self.flows.get(o).is_some_and(|f| f.moving_since.is_some() && !f.orphaned))
+                .copied()
+                .collect();
+            flows.extend(p.refresh.iter().copied());
+            let rto = self.rto_for(p.srtt);
+            let to = flows
+                .iter()
+                .next()
+                .and_then(|o| self.flows.get(o))
+                .map(|f| f.current.local.ip());
+            let p = self.peers.get_mut(&id).expect("due peer exists");
+            p.update_needed = false;
+            p.refresh.clear();
+            if flows.is_empty() {
+                continue;
+            }
+            let seq = p.take_seq();
+            let n = flows.len();
+            p.update = Some(Exchange::new(seq, flows, now, rto));
+            if let Some(to) = to {
+                self.events.push_back(Event::MoveStarted {
+                    peer: id,
+                    flows: n,
+                    to,
+                    seq,
+                });
+            }
+            self.transmit_update(now, id);
+        }
+    }
+
+    /// Sends (or resends, with fresh replay IDs) the unacknowledged part of a peer's
+    /// update, split into datagrams of at most [`MAX_DATAGRAM_LEN`] bytes.
+    fn transmit_update(&mut self, now: Instant, id: NodeId) {
+        let Some(p) = self.peers.get(&id) else { return };
+        let Some(ex) = &p.update else { return };
+        let dst = p.control;
+        let seq = ex.seq;
+        let Some(src) = self.source_for(dst.ip()) else {
+            return; // no address yet: the timer will try again
+        };
+        let flows: Vec<&super::Flow> = ex.flows.iter().filter_map(|o| self.flows.get(o)).collect();
+        let outage = flows
+            .iter()
+            .filter_map(|f| f.moving_since)
+            .min()
+            .map(|t| now - t)
+            .unwrap_or_default();
+        let mut messages = Vec::new();
+        let mut migrations = Vec::new();
+        if self.config.move_message == MoveMessage::AddressChange {
+            // Seed 003: one Address Change per (original address, new address), for the
+            // flows that kept their port; flows whose port changed need a migration.
+            let mut pairs = BTreeSet::new();
+            for f in &flows {
+                if f.current.local.port() == f.wire_key.local.port() {
+                    pairs.insert((f.wire_key.local.ip(), f.current.local.ip()));
+                } else {
+                    migrations.push(migration_of(f));
+                }
+            }
+            for (old, new) in pairs {
+                messages.push(
+                    Message::new(Header::new(
+                        MessageType::AddressChange,
+                        self.config.node_id,
+                        seq,
+                        0,
+                    ))
+                    .with(Extension::Locator(Locator::new(
+                        LocatorRole::Old,
+                        SocketAddr::new(old, 0),
+                    )))
+                    .with(Extension::Locator(Locator::new(
+                        LocatorRole::New,
+                        SocketAddr::new(new, 0),
+                    ))),
+                );
+            }
+        } else {
+            migrations.extend(flows.iter().map(|f| migration_of(f)));
+        }
+        let kind = match self.config.move_message {
+            MoveMessage::MigrationRequest => MessageType::MigrationRequest,
+            _ => MessageType::ConnectionUpdate,
+        };
+        let mut current = Message::new(Header::new(kind, self.config.node_id, seq, 0));
+        for m in migrations {
+            let candidate = current.clone().with(Extension::Migration(m));
+            if candidate.encoded_len() > MAX_DATAGRAM_LEN && !current.extensions.is_empty() {
+                messages.push(std::mem::replace(
+                    &mut current,
+                    Message::new(Header::new(kind, self.config.node_id, seq, 0))
+                        .with(Extension::Migration(m)),
+                ));
+            } else {
+                current = candidate;
+            }
+        }
+        if !current.extensions.is_empty() {
+            messages.push(current);
+        }
+        let outage_ms = u32::try_from(outage.as_millis()).unwrap_or(u32::MAX);
+        for mut m in messages {
+            m.header.replay_id = self.next_replay_id();
+            m.extensions.push(Extension::Opaque(Opaque::outage(outage_ms)));
+            self.send(src, dst, &m);
+        }
+    }
+
+    // ---- timers ----
+
+    pub(super) fn probe_timeouts(&mut self, now: Instant) {
+        let due: Vec<IpAddr> = self
+            .probes
+            .iter()
+            .filter(|(_, p)| p.next_timeout().is_some_and(|t| t <= now))
+            .map(|(a, _)| *a)
+            .collect();
+        for addr in due {
+            let max = self.config.max_registration_attempts;
+            let max_rto = self.config.max_rto;
+            let ttl = self.config.not_capable_ttl;
+            let Some(probe) = self.probes.get_mut(&addr) else {
+                continue;
+            };
+            match &mut probe.state {
+                ProbeState::NotCapable { .. } => {
+                    self.probes.remove(&addr);
+                }
+                ProbeState::Pending { exchange, seq, .. } if exchange.attempts >= max => {
+                    let _ = seq;
+                    probe.state = ProbeState::NotCapable { until: now + ttl };
+                    self.counters.registrations_failed += 1;
+                    let mut n = 0;
+                    for f in self.flows.values_mut() {
+                        if f.peer == FlowPeer::Probing && f.current.remote.ip() == addr {
+                            f.peer = FlowPeer::NotRoam;
+                            n += 1;
+                        }
+                    }
+                    self.counters.flows_without_peer += n;
+                    self.events.push_back(Event::PeerNotCapable { addr });
+                    // Flows that moved while waiting can no longer be held.
+                    let held: Vec<Tuple> = self
+                        .flows
+                        .values()
+                        .filter(|f| f.peer == FlowPeer::NotRoam && f.current.remote.ip() == addr)
+                        .map(|f| f.original)
+                        .collect();
+                    for o in held {
+                        if let Some(f) = self.flows.get_mut(&o) {
+                            f.moving_since = None;
+                            f.orphaned = false;
+                        }
+                        self.sync_entry(&o);
+                    }
+                }
+                ProbeState::Pending { exchange, seq, .. } => {
+                    exchange.back_off(now, max_rto);
+                    let seq = *seq;
+                    let from = probe.from;
+                    let from = if self.addresses.contains_key(&from) {
+                        from
+                    } else {
+                        match self.source_for(addr) {
+                            Some(a) => a,
+                            None => continue,
+                        }
+                    };
+                    self.counters.retransmits += 1;
+                    self.send_registration(from, addr, seq);
+                }
+            }
+        }
+    }
+
+    pub(super) fn update_timeouts(&mut self, now: Instant) {
+        let ids: Vec<NodeId> = self.peers.keys().copied().collect();
+        for id in ids {
+            let max = self.config.max_update_attempts;
+            let max_rto = self.config.max_rto;
+            let p = self.peers.get_mut(&id).expect("listed");
+            if let Some(ex) = p.update.as_mut().filter(|e| e.next <= now) {
+                if ex.attempts >= max {
+                    let flows: Vec<Tuple> = ex.flows.iter().copied().collect();
+                    self.fail_flows(id, flows, "no answer from the peer");
+                    self.peers.get_mut(&id).expect("listed").update = None;
+                } else {
+                    ex.back_off(now, max_rto);
+                    self.counters.retransmits += 1;
+                    self.transmit_update(now, id);
+                }
+            }
+            let p = self.peers.get_mut(&id).expect("listed");
+            if let Some(ex) = p.termination.as_mut().filter(|e| e.next <= now) {
+                if ex.attempts >= self.config.max_registration_attempts {
+                    p.termination = None;
+                } else {
+                    ex.back_off(now, max_rto);
+                    self.counters.retransmits += 1;
+                    self.transmit_termination(id);
+                }
+            }
+        }
+    }
+
+    /// Seed 003: a reliable termination, so the peer drops its translation for flows
+    /// that ended here.
+    /// `wire_keys` name the flows as the peer knows them.
+    pub(super) fn terminate(&mut self, now: Instant, peer: NodeId, wire_keys: Vec<Tuple>) {
+        let rto = {
+            let Some(p) = self.peers.get(&peer) else { return };
+            self.rto_for(p.srtt)
+        };
+        let p = self.peers.get_mut(&peer).expect("checked");
+        let seq = p.take_seq();
+        let mut set: BTreeSet<Tuple> = p.termination.take().map(|e| e.flows).unwrap_or_default();
+        set.extend(wire_keys);
+        p.termination = Some(Exchange::new(seq, set, now, rto));
+        self.transmit_termination(peer);
+    }
+
+    fn transmit_termination(&mut self, id: NodeId) {
+        let Some(p) = self.peers.get(&id) else { return };
+        let Some(ex) = &p.termination else { return };
+        let dst = p.control;
+        let Some(src) = self.source_for(dst.ip()) else {
+            return;
+        };
+        let mut msg = Message::new(Header::new(
+            MessageType::Termination,
+            self.config.node_id,
+            ex.seq,
+            0,
+        ));
+        // A termination's exchange holds wire keys: the flows are gone locally.
+        for w in &ex.flows {
+            if let Some(m) = Migration::new(proto_flag(w.protocol), w.local, w.local, w.remote) {
+                msg = msg.with(Extension::Migration(m));
+            }
+        }
+        msg.header.replay_id = self.next_replay_id();
+        self.send(src, dst, &msg);
+    }
+
+    /// Sends a Connection Update Request (seed 000 ¶0059) to `peer` at `at`.
+    pub(super) fn request_update(&mut self, _now: Instant, peer: NodeId, at: SocketAddr) {
+        let Some(src) = self.source_for(at.ip()) else {
+            return;
+        };
+        if !self.peers.contains_key(&peer) {
+            return;
+        }
+        let seq = self.peers.get_mut(&peer).expect("checked").take_seq();
+        let msg = Message::new(self.header(MessageType::ConnectionUpdateRequest, seq));
+        self.send(src, at, &msg);
+    }
+}
+
+/// The migration extension that tells the peer where one of our flows is now.
+fn migration_of(f: &super::Flow) -> Migration {
+    Migration::new(
+        proto_flag(f.original.protocol),
+        f.wire_key.local,
+        f.current.local,
+        f.wire_key.remote,
+    )
+    .expect("a flow's endpoints share one family")
+}
+
+fn unspecified(like: IpAddr) -> IpAddr {
+    match like {
+        IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    }
+}

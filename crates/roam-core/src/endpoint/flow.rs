@@ -1,0 +1,461 @@
+//! Flows and what happens to them when local addresses come and go (seed 000 FIG. 17).
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Serialize;
+
+use super::peer::{Probe, ProbeState, peer_at};
+use super::{ConflictDirection, DataPlaneCommand, Endpoint, Event};
+use crate::time::Instant;
+use crate::translate::{FlowMapping, Protocol, TableChange, Tuple};
+
+/// Who is at the other end of a flow, as far as roam is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", content = "peer", rename_all = "snake_case")]
+pub enum FlowPeer {
+    /// A registration to the remote address is in progress.
+    Probing,
+    /// A roam peer.
+    Peer(#[serde(serialize_with = "ser_node")] roam_wire::NodeId),
+    /// The remote host does not run roam (seed 000 FIG. 21): the flow is left alone.
+    NotRoam,
+    /// Both ends are this host: nothing to do.
+    Local,
+}
+
+fn ser_node<S: serde::Serializer>(id: &roam_wire::NodeId, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&id.to_string())
+}
+
+/// One entry of the local connection translation table (seed 000 ¶0047), with the
+/// state of its migration.
+#[derive(Clone, Debug, Serialize)]
+pub struct Flow {
+    /// What the local stack sees; never changes (seed 000 ¶0048).
+    pub original: Tuple,
+    /// What is on the wire now.
+    pub current: Tuple,
+    /// The tuple on the wire when the flow began: it names the flow to the peer. It is
+    /// `original` except for flows remapped to resolve a conflict.
+    pub wire_key: Tuple,
+    pub peer: FlowPeer,
+    /// Since when the flow has been without a confirmed path: it lost its local
+    /// address (or moved) and the peer has not yet confirmed the new one.
+    pub moving_since: Option<Instant>,
+    /// The local address vanished with no replacement yet.
+    pub orphaned: bool,
+    /// Created by a conflict remap (seed 000 ¶0069).
+    pub remapped: bool,
+    pub opened_at: Instant,
+    /// Completed moves of this flow (ours and the peer's).
+    pub moves: u32,
+    /// What the data plane has for this flow (`None`: no entry).
+    #[serde(skip)]
+    pub(crate) installed: Option<FlowMapping>,
+}
+
+impl Flow {
+    fn new(original: Tuple, current: Tuple, now: Instant) -> Flow {
+        Flow {
+            original,
+            current,
+            wire_key: current,
+            peer: FlowPeer::Probing,
+            moving_since: None,
+            orphaned: false,
+            remapped: false,
+            opened_at: now,
+            moves: 0,
+            installed: None,
+        }
+    }
+
+    /// Whether roam can do anything for this flow.
+    fn managed(&self) -> bool {
+        matches!(self.peer, FlowPeer::Peer(_) | FlowPeer::Probing)
+    }
+}
+
+/// Ports handed out by remaps: the IANA dynamic range (RFC 6335 §6).
+const REMAP_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
+
+impl Endpoint {
+    pub(super) fn flow_opened(&mut self, now: Instant, t: Tuple) {
+        if self.flows.contains_key(&t) || !t.is_consistent() {
+            return;
+        }
+        if self.by_current.contains_key(&t) {
+            // The new flow's tuple is already on the wire for a moved flow (seed 000
+            // ¶0069, the current side): it gets another local port on the wire.
+            self.resolve_conflict(now, ConflictDirection::Egress, t);
+            return;
+        }
+        self.insert_flow(Flow::new(t, t, now));
+        self.associate(now, t);
+    }
+
+    pub(super) fn flow_closed(&mut self, now: Instant, t: Tuple) {
+        let Some(flow) = self.flows.remove(&t) else {
+            return;
+        };
+        self.unindex(&flow);
+        if flow.remapped {
+            self.remapped_flows = self.remapped_flows.saturating_sub(1);
+        }
+        if let FlowPeer::Peer(p) = flow.peer
+            && let Some(peer) = self.peers.get_mut(&p)
+        {
+            peer.flows.remove(&t);
+            peer.refresh.remove(&t);
+            for ex in [&mut peer.update, &mut peer.termination].into_iter().flatten() {
+                ex.flows.remove(&t);
+            }
+        }
+        if flow.installed.is_some() {
+            self.install(TableChange::RemoveFlow { original: t });
+            // Seed 003: tell the peer, so it drops its translation too instead of
+            // keeping it until its own socket goes.
+            if let FlowPeer::Peer(p) = flow.peer {
+                self.terminate(now, p, vec![flow.wire_key]);
+            }
+        }
+    }
+
+    fn insert_flow(&mut self, flow: Flow) {
+        self.by_current.insert(flow.current, flow.original);
+        self.by_wire_key
+            .entry(flow.wire_key)
+            .or_default()
+            .insert(flow.original);
+        self.flows.insert(flow.original, flow);
+    }
+
+    fn unindex(&mut self, flow: &Flow) {
+        if self.by_current.get(&flow.current) == Some(&flow.original) {
+            self.by_current.remove(&flow.current);
+        }
+        if let Some(set) = self.by_wire_key.get_mut(&flow.wire_key) {
+            set.remove(&flow.original);
+            if set.is_empty() {
+                self.by_wire_key.remove(&flow.wire_key);
+            }
+        }
+    }
+
+    /// Changes a flow's current tuple, keeping the index true.
+    pub(super) fn set_current(&mut self, original: &Tuple, current: Tuple) {
+        let Some(flow) = self.flows.get_mut(original) else {
+            return;
+        };
+        let old = std::mem::replace(&mut flow.current, current);
+        if self.by_current.get(&old) == Some(original) {
+            self.by_current.remove(&old);
+        }
+        self.by_current.insert(current, *original);
+    }
+
+    /// Whether `t` is the current tuple of a flow other than `original`: installing it
+    /// would break the one-to-one relation of seed 000 ¶0069.
+    pub(super) fn current_taken(&self, t: &Tuple, original: &Tuple) -> bool {
+        self.by_current.get(t).is_some_and(|o| o != original)
+    }
+
+    /// Finds who is at the flow's remote address: a known peer, a registration in
+    /// progress, or nobody (then starts a registration, seed 001 FIG. 3 step 302).
+    fn associate(&mut self, now: Instant, original: Tuple) {
+        let Some(flow) = self.flows.get(&original) else {
+            return;
+        };
+        let remote = flow.current.remote.ip();
+        let local = flow.current.local.ip();
+        let peer = if remote.is_loopback() || self.addresses.contains_key(&remote) {
+            FlowPeer::Local
+        } else if let Some(p) = peer_at(&self.peers, remote) {
+            self.peers.get_mut(&p).map(|peer| peer.flows.insert(original));
+            FlowPeer::Peer(p)
+        } else {
+            match self.probes.get(&remote).map(|p| &p.state) {
+                Some(ProbeState::Pending { .. }) => FlowPeer::Probing,
+                Some(ProbeState::NotCapable { until }) if now < *until => {
+                    self.counters.flows_without_peer += 1;
+                    FlowPeer::NotRoam
+                }
+                _ => {
+                    self.start_probe(now, local, remote);
+                    FlowPeer::Probing
+                }
+            }
+        };
+        if let Some(f) = self.flows.get_mut(&original) {
+            f.peer = peer;
+        }
+    }
+
+    /// Attaches every unattached flow at `addr` to `peer` (after a registration).
+    pub(super) fn adopt_flows(&mut self, peer: roam_wire::NodeId, addr: IpAddr) {
+        let adopt: Vec<Tuple> = self
+            .flows
+            .values()
+            .filter(|f| {
+                f.current.remote.ip() == addr && matches!(f.peer, FlowPeer::Probing | FlowPeer::NotRoam)
+            })
+            .map(|f| f.original)
+            .collect();
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        for t in adopt {
+            p.flows.insert(t);
+            if let Some(f) = self.flows.get_mut(&t) {
+                f.peer = FlowPeer::Peer(peer);
+                // A flow that moved while its peer was unknown is told now.
+                if f.moving_since.is_some() {
+                    p.update_needed = true;
+                }
+            }
+        }
+    }
+
+    pub(super) fn address_added(&mut self, now: Instant, addr: IpAddr) {
+        self.addresses.insert(addr, now);
+        let orphans: Vec<Tuple> = self
+            .flows
+            .values()
+            .filter(|f| f.orphaned && f.current.local.is_ipv4() == addr.is_ipv4())
+            .map(|f| f.original)
+            .collect();
+        for o in orphans {
+            self.move_flow(now, o, addr);
+        }
+    }
+
+    /// Seed 000 FIG. 17: the local attachment point changed; every flow on the old
+    /// address gets a new current tuple and its peer is told.
+    pub(super) fn address_removed(&mut self, now: Instant, addr: IpAddr) {
+        self.addresses.remove(&addr);
+        let affected: Vec<Tuple> = self
+            .flows
+            .values()
+            .filter(|f| f.current.local.ip() == addr && f.peer != FlowPeer::Local)
+            .map(|f| f.original)
+            .collect();
+        let replacement = self.newest_address(addr.is_ipv4());
+        for o in affected {
+            match replacement {
+                Some(r) => self.move_flow(now, o, r),
+                None => {
+                    // Wait for an address of this family (DHCP in progress): hold the
+                    // flow's packets meanwhile rather than send them from nowhere. The
+                    // outage has begun: it counts from now.
+                    if let Some(f) = self.flows.get_mut(&o) {
+                        f.orphaned = true;
+                        if f.managed() {
+                            f.moving_since.get_or_insert(now);
+                        }
+                    }
+                    self.sync_entry(&o);
+                }
+            }
+        }
+    }
+
+    pub(super) fn newest_address(&self, ipv4: bool) -> Option<IpAddr> {
+        self.addresses
+            .iter()
+            .filter(|(a, _)| a.is_ipv4() == ipv4)
+            .max_by_key(|(a, t)| (**t, **a))
+            .map(|(a, _)| *a)
+    }
+
+    fn move_flow(&mut self, now: Instant, original: Tuple, new_ip: IpAddr) {
+        let Some(flow) = self.flows.get(&original) else {
+            return;
+        };
+        if !flow.managed() {
+            let reason = match flow.peer {
+                FlowPeer::NotRoam => "the remote host does not run roam",
+                _ => "no peer",
+            };
+            self.counters.flows_stranded += 1;
+            self.events.push_back(Event::FlowStranded {
+                flow: original,
+                reason,
+            });
+            if let Some(f) = self.flows.get_mut(&original) {
+                f.orphaned = false;
+            }
+            return;
+        }
+        if flow.current.local.ip() == new_ip && !flow.orphaned {
+            return;
+        }
+        let mut cand = Tuple {
+            local: SocketAddr::new(new_ip, flow.current.local.port()),
+            ..flow.current
+        };
+        if self.current_taken(&cand, &original) {
+            match self.free_port(|p| Tuple {
+                local: SocketAddr::new(new_ip, p),
+                ..cand
+            }) {
+                Some(t) => cand = t,
+                None => {
+                    self.counters.flows_stranded += 1;
+                    self.events.push_back(Event::FlowStranded {
+                        flow: original,
+                        reason: "no free port on the new address",
+                    });
+                    return;
+                }
+            }
+        }
+        self.set_current(&original, cand);
+        let peer = if let Some(f) = self.flows.get_mut(&original) {
+            f.orphaned = false;
+            f.moving_since.get_or_insert(now);
+            f.peer
+        } else {
+            return;
+        };
+        if let FlowPeer::Peer(p) = peer
+            && let Some(peer) = self.peers.get_mut(&p)
+        {
+            peer.update_needed = true;
+        }
+        self.sync_entry(&original);
+    }
+
+    /// A random port for which `make(port)` is nobody's current tuple (bounded tries).
+    fn free_port(&mut self, make: impl Fn(u16) -> Tuple) -> Option<Tuple> {
+        let span = u32::from(REMAP_PORTS.end() - REMAP_PORTS.start()) + 1;
+        for _ in 0..64 {
+            let port = REMAP_PORTS.start() + (self.rng.next_u32() % span) as u16;
+            let t = make(port);
+            if !self.by_current.contains_key(&t) && !self.flows.contains_key(&t) {
+                return Some(t);
+            }
+        }
+        None
+    }
+
+    /// Seed 000 ¶0067-¶0069: keep two connections apart when a tuple is reused.
+    pub(super) fn resolve_conflict(&mut self, now: Instant, dir: ConflictDirection, tuple: Tuple) {
+        if self.remapped_flows >= self.config.max_remapped_flows {
+            self.counters.conflicts_refused += 1;
+            return;
+        }
+        let flow = match dir {
+            // The packet came from the wire under a tuple that is a translated flow's
+            // original. Seed 000 ¶0069 reattaches the new connection to another local
+            // port; a listening socket would not accept that, so roam gives the new
+            // connection another *remote* port instead, as a NAT would. The local stack
+            // sees the newcomer at (its address, a fresh port); the wire is untouched.
+            ConflictDirection::Ingress => {
+                if self.by_current.contains_key(&tuple) || !self.flows.contains_key(&tuple) {
+                    return; // not (or no longer) a conflict
+                }
+                let Some(original) = self.free_port(|p| Tuple {
+                    remote: SocketAddr::new(tuple.remote.ip(), p),
+                    ..tuple
+                }) else {
+                    self.counters.conflicts_refused += 1;
+                    return;
+                };
+                Flow::new(original, tuple, now)
+            }
+            // The local stack opened a flow whose tuple is already on the wire for a
+            // moved flow: give the new one another local port on the wire.
+            ConflictDirection::Egress => {
+                if self.flows.contains_key(&tuple) || !self.by_current.contains_key(&tuple) {
+                    return;
+                }
+                let Some(current) = self.free_port(|p| Tuple {
+                    local: SocketAddr::new(tuple.local.ip(), p),
+                    ..tuple
+                }) else {
+                    self.counters.conflicts_refused += 1;
+                    return;
+                };
+                Flow::new(tuple, current, now)
+            }
+        };
+        let (original, current) = (flow.original, flow.current);
+        self.insert_flow(Flow {
+            remapped: true,
+            ..flow
+        });
+        self.remapped_flows += 1;
+        self.counters.conflicts_resolved += 1;
+        self.events
+            .push_back(Event::ConflictResolved { original, current });
+        self.sync_entry(&original);
+        self.associate(now, original);
+    }
+
+    /// Brings the data plane's entry for a flow in line with the flow's state. The
+    /// entry is derived, never kept by hand: hold while a move is unconfirmed (seed 001
+    /// FIG. 3 step 305), translate while current differs from original, nothing
+    /// otherwise.
+    pub(super) fn sync_entry(&mut self, original: &Tuple) {
+        let Some(flow) = self.flows.get_mut(original) else {
+            return;
+        };
+        let hold = flow.moving_since.is_some() || (flow.orphaned && flow.managed());
+        let desired = (hold || flow.current != flow.original).then_some(FlowMapping {
+            original: flow.original,
+            current: flow.current,
+            hold,
+        });
+        if desired == flow.installed {
+            return;
+        }
+        flow.installed = desired;
+        let change = match desired {
+            Some(m) => TableChange::InstallFlow(m),
+            None => TableChange::RemoveFlow { original: *original },
+        };
+        self.install(change);
+    }
+
+    /// The path of a TCP flow works again after an outage of `outage`: ask the data
+    /// plane to bring the peer's sender up to date, and to end its back-off if it has
+    /// likely begun (MISSION: "kick the sender").
+    pub(super) fn nudge(&mut self, original: &Tuple, outage: std::time::Duration) {
+        if original.protocol == Protocol::Tcp {
+            self.dataplane.push_back(DataPlaneCommand::Nudge {
+                original: *original,
+                fast_retransmit: outage >= self.config.nudge_after,
+            });
+        }
+    }
+
+    /// Flows of `peer` the peer names by `wire_key` (from our point of view).
+    pub(super) fn flows_by_wire_key(&self, peer: roam_wire::NodeId, key: &Tuple) -> Vec<Tuple> {
+        self.by_wire_key
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter(|o| self.flows.get(o).is_some_and(|f| f.peer == FlowPeer::Peer(peer)))
+            .copied()
+            .collect()
+    }
+
+    pub(super) fn start_probe(&mut self, now: Instant, from: IpAddr, remote: IpAddr) {
+        let seq = (self.rng.next_u32() & 0xffff) as u16;
+        let rto = self.config.initial_rto;
+        let exchange = super::peer::Exchange::new(seq, BTreeSet::new(), now, rto);
+        self.probes.insert(
+            remote,
+            Probe {
+                from,
+                state: ProbeState::Pending {
+                    seq,
+                    first_sent: now,
+                    exchange,
+                },
+            },
+        );
+        self.send_registration(from, remote, seq);
+    }
+}

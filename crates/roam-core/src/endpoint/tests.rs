@@ -1,0 +1,780 @@
+//! The endpoint driven with a fake clock: hosts joined by an in-memory network whose
+//! latency and loss the test sets. The clock jumps to the next delivery or timeout;
+//! a bounded `drive` catches livelock.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::SeedableRng;
+use roam_wire::{AuthKey, Extension, Header, Message, MessageType, Migration, NodeId, ProtoFlags};
+
+use super::*;
+use crate::translate::{FlowMapping, Protocol, TableChange, Tuple};
+
+const PSK: [u8; 32] = [7; 32];
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+struct Host {
+    ep: Endpoint,
+    /// The data plane, as the commands left it.
+    table: BTreeMap<Tuple, FlowMapping>,
+    /// (flow, fast retransmit) of every nudge.
+    nudges: Vec<(Tuple, bool)>,
+    resends: Vec<Tuple>,
+    events: Vec<Event>,
+}
+
+impl Host {
+    fn drain(&mut self, out: &mut Vec<(Instant, Transmit)>, at: Instant) {
+        while let Some(c) = self.ep.poll_dataplane() {
+            match c {
+                DataPlaneCommand::Table(TableChange::InstallFlow(m)) => {
+                    self.table.insert(m.original, m);
+                }
+                DataPlaneCommand::Table(TableChange::RemoveFlow { original }) => {
+                    self.table.remove(&original);
+                }
+                DataPlaneCommand::Table(other) => panic!("unexpected {other:?}"),
+                DataPlaneCommand::Nudge {
+                    original,
+                    fast_retransmit,
+                } => self.nudges.push((original, fast_retransmit)),
+                DataPlaneCommand::Resend { original } => self.resends.push(original),
+            }
+        }
+        while let Some(t) = self.ep.poll_transmit() {
+            out.push((at, t));
+        }
+        while let Some(e) = self.ep.poll_event() {
+            self.events.push(e);
+        }
+    }
+}
+
+struct Net {
+    now: Instant,
+    hosts: Vec<Host>,
+    /// Which host answers at each address.
+    owner: BTreeMap<IpAddr, usize>,
+    in_flight: Vec<(Instant, Transmit)>,
+    latency: Duration,
+    /// Decides, per datagram (in send order), whether it is lost.
+    lose: Box<dyn FnMut(&Transmit) -> bool>,
+    delivered: Vec<Transmit>,
+}
+
+impl Net {
+    fn new(n: usize) -> Net {
+        let hosts = (0..n)
+            .map(|i| {
+                let mut cfg = Config::new(NodeId::new(0xA0 + i as u64).unwrap(), PSK);
+                cfg.replay_base = 1000 * (i as u64 + 1);
+                Host {
+                    ep: Endpoint::new(cfg, Box::new(ChaCha8Rng::seed_from_u64(i as u64))),
+                    table: BTreeMap::new(),
+                    nudges: Vec::new(),
+                    resends: Vec::new(),
+                    events: Vec::new(),
+                }
+            })
+            .collect();
+        Net {
+            now: Instant::from_millis(1),
+            hosts,
+            owner: BTreeMap::new(),
+            in_flight: Vec::new(),
+            latency: Duration::from_millis(10),
+            lose: Box::new(|_| false),
+            delivered: Vec::new(),
+        }
+    }
+
+    fn input(&mut self, h: usize, input: Input<'_>) {
+        let now = self.now;
+        self.hosts[h].ep.handle(now, input);
+        let mut out = Vec::new();
+        self.hosts[h].drain(&mut out, now);
+        self.send(out);
+    }
+
+    fn send(&mut self, out: Vec<(Instant, Transmit)>) {
+        for (at, t) in out {
+            if !(self.lose)(&t) {
+                self.in_flight.push((at + self.latency, t));
+            }
+        }
+    }
+
+    fn add_address(&mut self, h: usize, a: &str) {
+        self.owner.insert(ip(a), h);
+        self.input(h, Input::AddressAdded(ip(a)));
+    }
+
+    fn remove_address(&mut self, h: usize, a: &str) {
+        self.owner.remove(&ip(a));
+        self.input(h, Input::AddressRemoved(ip(a)));
+    }
+
+    /// Runs until nothing is in flight and no timer is due before `until`.
+    fn drive_until(&mut self, until: Instant) {
+        for _ in 0..10_000 {
+            let next_packet = self.in_flight.iter().map(|(t, _)| *t).min();
+            let next_timer = self.hosts.iter().filter_map(|h| h.ep.poll_timeout()).min();
+            let Some(next) = [next_packet, next_timer].into_iter().flatten().min() else {
+                return;
+            };
+            if next > until {
+                self.now = until;
+                return;
+            }
+            self.now = self.now.max(next);
+            if next_packet == Some(next) {
+                let i = self.in_flight.iter().position(|(t, _)| *t == next).unwrap();
+                let (_, t) = self.in_flight.remove(i);
+                self.delivered.push(t.clone());
+                if let Some(&h) = self.owner.get(&t.dst.ip()) {
+                    self.input(
+                        h,
+                        Input::Datagram {
+                            local: t.dst,
+                            remote: t.src,
+                            payload: &t.payload,
+                        },
+                    );
+                }
+            } else {
+                for h in 0..self.hosts.len() {
+                    if self.hosts[h].ep.poll_timeout().is_some_and(|t| t <= self.now) {
+                        self.input(h, Input::Timeout);
+                    }
+                }
+            }
+        }
+        panic!("livelock: 10000 steps without quiescing");
+    }
+
+    /// Lets `d` of virtual time pass, handling whatever happens meanwhile.
+    fn sleep(&mut self, d: Duration) {
+        let until = self.now + d;
+        self.drive_until(until);
+        self.now = self.now.max(until);
+    }
+
+    fn drive(&mut self) {
+        self.drive_until(self.now + Duration::from_secs(120));
+    }
+
+    fn ep(&self, h: usize) -> &Endpoint {
+        &self.hosts[h].ep
+    }
+}
+
+fn tcp(local: &str, remote: &str) -> Tuple {
+    Tuple::new(Protocol::Tcp, sa(local), sa(remote))
+}
+
+/// A (10.0.1.2) and B (10.0.9.2) with one TCP flow between them, registered.
+fn pair_with_flow() -> (Net, Tuple) {
+    let mut net = Net::new(2);
+    net.add_address(0, "10.0.1.2");
+    net.add_address(1, "10.0.9.2");
+    let a_flow = tcp("10.0.1.2:40000", "10.0.9.2:5001");
+    net.input(0, Input::FlowOpened(a_flow));
+    net.input(1, Input::FlowOpened(a_flow.reversed()));
+    net.drive();
+    (net, a_flow)
+}
+
+#[test]
+fn a_new_flow_registers_both_hosts_with_each_other() {
+    let (net, flow) = pair_with_flow();
+    let a = net.ep(0);
+    let b = net.ep(1);
+    assert_eq!(a.flow(&flow).unwrap().peer, FlowPeer::Peer(b.node_id()));
+    assert_eq!(
+        b.flow(&flow.reversed()).unwrap().peer,
+        FlowPeer::Peer(a.node_id())
+    );
+    let pb = a.peer(b.node_id()).unwrap();
+    assert_eq!(pb.control, sa("10.0.9.2:4791"));
+    assert_eq!(
+        pb.srtt,
+        Some(Duration::from_millis(20)),
+        "one round trip measured"
+    );
+    assert!(!pb.behind_nat);
+    assert_eq!(
+        a.counters().drop_unexpected_reply + b.counters().drop_unexpected_reply,
+        0
+    );
+    assert!(
+        net.hosts[0].table.is_empty(),
+        "nothing to translate before a move"
+    );
+}
+
+#[test]
+fn a_move_is_announced_confirmed_and_installed_on_both_hosts() {
+    let (mut net, flow) = pair_with_flow();
+    let start = net.now;
+    net.add_address(0, "10.0.2.7");
+    net.remove_address(0, "10.0.1.2");
+    // The mover holds the flow until the peer confirms (seed 001 FIG. 3 step 305).
+    let held = net.hosts[0].table[&flow];
+    assert!(held.hold);
+    assert_eq!(held.current.local, sa("10.0.2.7:40000"));
+    net.drive();
+    let a = &net.hosts[0];
+    let b = &net.hosts[1];
+    assert_eq!(
+        a.table[&flow],
+        FlowMapping {
+            original: flow,
+            current: tcp("10.0.2.7:40000", "10.0.9.2:5001"),
+            hold: false
+        }
+    );
+    let b_orig = flow.reversed();
+    assert_eq!(b.table[&b_orig].current, tcp("10.0.9.2:5001", "10.0.2.7:40000"));
+    assert!(!b.table[&b_orig].hold);
+    // Both ends send their current ACK once the path is confirmed; the outage was one
+    // round trip, far below a retransmission timeout: no duplicate-ACK burst.
+    assert_eq!(a.nudges, vec![(flow, false)]);
+    assert_eq!(b.nudges, vec![(b_orig, false)]);
+    // The peer resends what it sent the mover's old address.
+    assert_eq!(b.resends, vec![b_orig]);
+    assert!(a.resends.is_empty());
+    let completed = a
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::MoveCompleted {
+                elapsed,
+                flows,
+                retransmits,
+                ..
+            } => Some((*elapsed, *flows, *retransmits)),
+            _ => None,
+        })
+        .expect("move completed");
+    assert_eq!(
+        completed,
+        (Duration::from_millis(20), 1, 0),
+        "one round trip, no retransmission"
+    );
+    assert!(net.now - start < Duration::from_millis(100));
+    assert_eq!(a.ep.counters().flows_moved, 1);
+    assert_eq!(b.ep.counters().migrations_applied, 1);
+    // The peer now knows the mover at its new address only.
+    let pa = b.ep.peer(a.ep.node_id()).unwrap();
+    assert_eq!(pa.control.ip(), ip("10.0.2.7"));
+    assert!(!pa.addrs.contains(&ip("10.0.1.2")));
+}
+
+#[test]
+fn lost_updates_are_retransmitted_with_exponential_backoff() {
+    let (mut net, flow) = pair_with_flow();
+    // Lose the first three Connection Updates.
+    let mut lost = 0;
+    net.lose = Box::new(move |t| {
+        let is_cu = t.payload.get(1) == Some(&(MessageType::ConnectionUpdate as u8));
+        if is_cu && lost < 3 {
+            lost += 1;
+            true
+        } else {
+            false
+        }
+    });
+    let t0 = net.now;
+    net.add_address(0, "10.0.2.7");
+    net.remove_address(0, "10.0.1.2");
+    net.drive();
+    let a = &net.hosts[0];
+    assert!(!a.table[&flow].hold, "confirmed in the end");
+    let (elapsed, retransmits) = a
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::MoveCompleted {
+                elapsed, retransmits, ..
+            } => Some((*elapsed, *retransmits)),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(retransmits, 3);
+    // RTO 3 * 20 ms = 60 ms, doubling: 60 + 120 + 240, then a 20 ms round trip.
+    assert_eq!(elapsed, Duration::from_millis(60 + 120 + 240 + 20));
+    assert_eq!(a.ep.counters().retransmits, 3);
+    assert!(net.now - t0 < Duration::from_secs(1));
+}
+
+#[test]
+fn an_unanswered_move_fails_after_bounded_attempts_and_releases_the_hold() {
+    let (mut net, flow) = pair_with_flow();
+    net.lose = Box::new(|t| t.payload.get(1) == Some(&(MessageType::ConnectionUpdate as u8)));
+    let t0 = net.now;
+    net.add_address(0, "10.0.2.7");
+    net.remove_address(0, "10.0.1.2");
+    net.drive();
+    let a = &net.hosts[0];
+    let attempts = a.ep.config().max_update_attempts;
+    assert_eq!(a.ep.counters().retransmits, u64::from(attempts - 1));
+    assert!(
+        a.events
+            .iter()
+            .any(|e| matches!(e, Event::MoveFailed { flows, .. } if flows == &vec![flow]))
+    );
+    assert!(
+        !a.table[&flow].hold,
+        "a failed move does not hold the flow forever"
+    );
+    assert_eq!(a.ep.counters().flows_move_failed, 1);
+    assert!(net.now - t0 < Duration::from_secs(30), "bounded in time");
+    assert_eq!(net.ep(0).poll_timeout(), None, "nothing left to retry");
+}
+
+#[test]
+fn a_duplicated_update_is_acknowledged_again_and_changes_nothing() {
+    let (mut net, flow) = pair_with_flow();
+    net.add_address(0, "10.0.2.7");
+    net.remove_address(0, "10.0.1.2");
+    net.drive();
+    let cu = net
+        .delivered
+        .iter()
+        .find(|t| t.payload[1] == MessageType::ConnectionUpdate as u8)
+        .unwrap()
+        .clone();
+    let b_table = net.hosts[1].table.clone();
+    let applied = net.ep(1).counters().migrations_applied;
+    // Re-encode the same update with a fresh replay id (a retransmission).
+    let key = AuthKey::new(1, PSK);
+    let mut msg = Message::decode(&cu.payload, |_, _| Some(&key)).unwrap();
+    msg.header.replay_id += 1_000_000;
+    let payload = msg.encode(&key).unwrap();
+    net.input(
+        1,
+        Input::Datagram {
+            local: cu.dst,
+            remote: cu.src,
+            payload: &payload,
+        },
+    );
+    let ack = net.hosts[1].ep.counters().messages_sent;
+    assert_eq!(net.hosts[1].table, b_table);
+    assert_eq!(net.ep(1).counters().migrations_applied, applied);
+    assert!(
+        net.in_flight
+            .iter()
+            .any(|(_, t)| t.payload[1] == MessageType::ConnectionUpdateAck as u8)
+    );
+    assert!(ack > 0);
+    let _ = flow;
+}
+
+#[test]
+fn a_replayed_message_is_dropped_and_counted() {
+    let (mut net, _) = pair_with_flow();
+    net.add_address(0, "10.0.2.7");
+    net.remove_address(0, "10.0.1.2");
+    net.drive();
+    let cu = net
+        .delivered
+        .iter()
+        .find(|t| t.payload[1] == MessageType::ConnectionUpdate as u8)
+        .unwrap()
+        .clone();
+    let before = net.hosts[1].table.clone();
+    net.input(
+        1,
+        Input::Datagram {
+            local: cu.dst,
+            remote: sa("10.66.0.1:4791"),
+            payload: &cu.payload,
+        },
+    );
+    assert_eq!(net.ep(1).counters().drop_replay, 1);
+    assert_eq!(net.hosts[1].table, before);
+    assert!(net.in_flight.is_empty(), "no answer to a replay");
+}
+
+#[test]
+fn malformed_and_unauthenticated_datagrams_are_counted_and_change_nothing() {
+    let (mut net, _) = pair_with_flow();
+    let before_flows: Vec<Flow> = net.ep(1).flows().cloned().collect();
+    let local = sa("10.0.9.2:4791");
+    let remote = sa("10.66.0.1:4791");
+    for junk in [
+        &b""[..],
+        b"\x01",
+        &[0xff; 64],
+        &[
+            1, 5, 0, 0, 0, 0, 0, 24, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+        ],
+    ] {
+        net.input(
+            1,
+            Input::Datagram {
+                local,
+                remote,
+                payload: junk,
+            },
+        );
+    }
+    // A well-formed update under the wrong key.
+    let wrong = AuthKey::new(1, [9; 32]);
+    let m = Migration::new(
+        ProtoFlags::TCP,
+        sa("10.0.1.2:40000"),
+        sa("10.66.0.1:40000"),
+        sa("10.0.9.2:5001"),
+    )
+    .unwrap();
+    let forged = Message::new(Header::new(
+        MessageType::ConnectionUpdate,
+        net.ep(0).node_id(),
+        99,
+        u64::MAX - 1,
+    ))
+    .with(Extension::Migration(m))
+    .encode(&wrong)
+    .unwrap();
+    net.input(
+        1,
+        Input::Datagram {
+            local,
+            remote,
+            payload: &forged,
+        },
+    );
+    let c = net.ep(1).counters();
+    assert_eq!(c.drop_malformed, 4);
+    assert_eq!(c.drop_bad_auth, 1);
+    assert!(net.hosts[1].table.is_empty());
+    let after: Vec<Flow> = net.ep(1).flows().cloned().collect();
+    assert_eq!(format!("{before_flows:?}"), format!("{after:?}"));
+    assert!(net.in_flight.is_empty());
+}
+
+#[test]
+fn an_update_from_an_unknown_sender_is_dropped() {
+    let (mut net, _) = pair_with_flow();
+    let key = AuthKey::new(1, PSK);
+    let m = Migration::new(
+        ProtoFlags::TCP,
+        sa("10.0.1.2:40000"),
+        sa("10.66.0.1:40000"),
+        sa("10.0.9.2:5001"),
+    )
+    .unwrap();
+    let msg = Message::new(Header::new(
+        MessageType::ConnectionUpdate,
+        NodeId::new(0xBAD).unwrap(),
+        1,
+        1,
+    ))
+    .with(Extension::Migration(m))
+    .encode(&key)
+    .unwrap();
+    net.input(
+        1,
+        Input::Datagram {
+            local: sa("10.0.9.2:4791"),
+            remote: sa("10.66.0.1:4791"),
+            payload: &msg,
+        },
+    );
+    assert_eq!(net.ep(1).counters().drop_unknown_peer, 1);
+    assert!(net.hosts[1].table.is_empty());
+}
+
+#[test]
+fn a_peer_cannot_move_a_flow_it_does_not_share() {
+    let (mut net, _) = pair_with_flow();
+    // A claims a flow B has with someone else.
+    net.input(1, Input::FlowOpened(tcp("10.0.9.2:22", "10.0.5.5:33333")));
+    let key = AuthKey::new(1, PSK);
+    let m = Migration::new(
+        ProtoFlags::TCP,
+        sa("10.0.5.5:33333"),
+        sa("10.0.1.2:33333"),
+        sa("10.0.9.2:22"),
+    )
+    .unwrap();
+    let msg = Message::new(Header::new(
+        MessageType::ConnectionUpdate,
+        net.ep(0).node_id(),
+        500,
+        1 << 40,
+    ))
+    .with(Extension::Migration(m))
+    .encode(&key)
+    .unwrap();
+    net.input(
+        1,
+        Input::Datagram {
+            local: sa("10.0.9.2:4791"),
+            remote: sa("10.0.1.2:4791"),
+            payload: &msg,
+        },
+    );
+    assert_eq!(net.ep(1).counters().migrations_unknown_flow, 1);
+    assert!(net.hosts[1].table.is_empty());
+}
+
+#[test]
+fn two_quick_moves_end_at_the_second_address_on_both_hosts() {
+    let (mut net, flow) = pair_with_flow();
+    net.add_address(0, "10.0.2.7");
+    net.remove_address(0, "10.0.1.2");
+    // Second move 5 ms later, before the first update is even delivered.
+    net.sleep(Duration::from_millis(5));
+    net.add_address(0, "10.0.3.9");
+    net.remove_address(0, "10.0.2.7");
+    net.drive();
+    assert_eq!(net.hosts[0].table[&flow].current.local, sa("10.0.3.9:40000"));
+    assert!(!net.hosts[0].table[&flow].hold);
+    assert_eq!(
+        net.hosts[1].table[&flow.reversed()].current.remote,
+        sa("10.0.3.9:40000")
+    );
+    // The late first update must not undo the second: B applied, in order.
+    assert_eq!(net.ep(0).counters().flows_moved, 1);
+}
+
+#[test]
+fn an_old_update_overtaken_by_a_newer_one_is_not_applied() {
+    let (mut net, flow) = pair_with_flow();
+    // Make the first update slow: hold it back and deliver it after the second.
+    net.add_address(0, "10.0.2.7");
+    net.remove_address(0, "10.0.1.2");
+    let first = net.in_flight.remove(0).1;
+    net.add_address(0, "10.0.3.9");
+    net.remove_address(0, "10.0.2.7");
+    net.drive();
+    net.input(
+        1,
+        Input::Datagram {
+            local: first.dst,
+            remote: first.src,
+            payload: &first.payload,
+        },
+    );
+    assert_eq!(net.ep(1).counters().migrations_stale, 1);
+    assert_eq!(
+        net.hosts[1].table[&flow.reversed()].current.remote,
+        sa("10.0.3.9:40000")
+    );
+}
+
+#[test]
+fn an_update_request_is_answered_with_a_connection_update() {
+    let (mut net, flow) = pair_with_flow();
+    net.add_address(0, "10.0.2.7");
+    net.remove_address(0, "10.0.1.2");
+    net.drive();
+    let a_id = net.ep(0).node_id();
+    let sent = net.delivered.len();
+    net.input(
+        1,
+        Input::RequestUpdate {
+            peer: a_id,
+            at: sa("10.0.2.7:4791"),
+        },
+    );
+    net.drive();
+    let types: Vec<u8> = net.delivered[sent..].iter().map(|t| t.payload[1]).collect();
+    assert_eq!(
+        types,
+        vec![
+            MessageType::ConnectionUpdateRequest as u8,
+            MessageType::ConnectionUpdate as u8,
+            MessageType::ConnectionUpdateAck as u8
+        ]
+    );
+    assert_eq!(net.ep(0).counters().update_requests_answered, 1);
+    assert_eq!(
+        net.hosts[1].table[&flow.reversed()].current.remote,
+        sa("10.0.2.7:40000")
+    );
+}
+
+#[test]
+fn a_host_that_does_not_run_roam_is_left_alone() {
+    let mut net = Net::new(2);
+    net.add_address(0, "10.0.1.2");
+    // Nobody answers at 10.0.9.2.
+    let flow = tcp("10.0.1.2:40000", "10.0.9.2:80");
+    net.input(0, Input::FlowOpened(flow));
+    net.drive();
+    let a = &net.hosts[0];
+    assert_eq!(a.ep.flow(&flow).unwrap().peer, FlowPeer::NotRoam);
+    assert!(a.events.contains(&Event::PeerNotCapable { addr: ip("10.0.9.2") }));
+    assert_eq!(a.ep.counters().registrations_failed, 1);
+    net.add_address(0, "10.0.2.7");
+    net.remove_address(0, "10.0.1.2");
+    net.drive();
+    assert!(
+        net.hosts[0].table.is_empty(),
+        "no translation for a flow nobody can move"
+    );
+    assert_eq!(net.ep(0).counters().flows_stranded, 1);
+}
+
+#[test]
+fn each_move_message_kind_moves_the_flow() {
+    for kind in [
+        MoveMessage::ConnectionUpdate,
+        MoveMessage::MigrationRequest,
+        MoveMessage::AddressChange,
+    ] {
+        let mut net = Net::new(2);
+        net.hosts[0].ep.config.move_message = kind;
+        net.add_address(0, "10.0.1.2");
+        net.add_address(1, "10.0.9.2");
+        let flows = [
+            tcp("10.0.1.2:40000", "10.0.9.2:5001"),
+            Tuple::new(Protocol::Udp, sa("10.0.1.2:5353"), sa("10.0.9.2:53")),
+        ];
+        for f in flows {
+            net.input(0, Input::FlowOpened(f));
+            net.input(1, Input::FlowOpened(f.reversed()));
+        }
+        net.drive();
+        net.add_address(0, "10.0.2.7");
+        net.remove_address(0, "10.0.1.2");
+        net.drive();
+        for f in flows {
+            assert!(!net.hosts[0].table[&f].hold, "{kind:?}: {f}");
+            assert_eq!(
+                net.hosts[1].table[&f.reversed()].current.remote.ip(),
+                ip("10.0.2.7"),
+                "{kind:?}"
+            );
+        }
+        assert_eq!(net.ep(0).counters().flows_moved, 2, "{kind:?}");
+        assert_eq!(net.hosts[0].nudges.len(), 1, "only TCP flows are nudged");
+        assert_eq!(net.hosts[1].resends.len(), 1, "only TCP flows are resent");
+    }
+}
+
+#[test]
+fn a_flow_waits_held_while_no_address_of_its_family_exists() {
+    let (mut net, flow) = pair_with_flow();
+    net.remove_address(0, "10.0.1.2");
+    assert!(net.hosts[0].table[&flow].hold, "held while DHCP runs");
+    net.sleep(Duration::from_millis(500));
+    assert!(
+        net.delivered
+            .iter()
+            .all(|t| t.payload[1] != MessageType::ConnectionUpdate as u8)
+    );
+    net.add_address(0, "10.0.2.7");
+    net.drive();
+    assert_eq!(net.hosts[0].table[&flow].current.local, sa("10.0.2.7:40000"));
+    assert!(!net.hosts[0].table[&flow].hold);
+}
+
+#[test]
+fn moving_back_to_the_original_address_removes_the_translation() {
+    let (mut net, flow) = pair_with_flow();
+    net.add_address(0, "10.0.2.7");
+    net.remove_address(0, "10.0.1.2");
+    net.drive();
+    net.add_address(0, "10.0.1.2");
+    net.remove_address(0, "10.0.2.7");
+    net.drive();
+    assert!(!net.hosts[0].table.contains_key(&flow), "identity needs no entry");
+    assert!(net.hosts[1].table.is_empty());
+}
+
+#[test]
+fn an_ingress_conflict_gets_a_fresh_remote_port_and_an_egress_one_a_fresh_local_port() {
+    let (mut net, flow) = pair_with_flow();
+    net.add_address(0, "10.0.2.7");
+    net.remove_address(0, "10.0.1.2");
+    net.drive();
+    // Seed 000 ¶0067: a third host now at 10.0.1.2 uses A's old port towards B.
+    let clash = flow.reversed();
+    net.input(
+        1,
+        Input::Conflict {
+            direction: ConflictDirection::Ingress,
+            tuple: clash,
+        },
+    );
+    let remap = net.hosts[1]
+        .table
+        .values()
+        .find(|m| m.current == clash)
+        .copied()
+        .expect("remap installed");
+    assert_eq!(remap.original.local, clash.local);
+    assert_eq!(remap.original.remote.ip(), clash.remote.ip());
+    assert_ne!(remap.original.remote.port(), clash.remote.port());
+    assert!(!remap.hold);
+    assert_eq!(net.ep(1).counters().conflicts_resolved, 1);
+    // Egress: A's stack opens a new flow whose tuple is the moved flow's current tuple.
+    let moved_current = net.hosts[0].table[&flow].current;
+    net.input(
+        0,
+        Input::Conflict {
+            direction: ConflictDirection::Egress,
+            tuple: moved_current,
+        },
+    );
+    let e = net.hosts[0].table[&moved_current];
+    assert_eq!(e.current.local.ip(), moved_current.local.ip());
+    assert_ne!(e.current.local.port(), moved_current.local.port());
+}
+
+#[test]
+fn a_closed_translated_flow_is_terminated_at_the_peer() {
+    let (mut net, flow) = pair_with_flow();
+    net.add_address(0, "10.0.2.7");
+    net.remove_address(0, "10.0.1.2");
+    net.drive();
+    net.input(0, Input::FlowClosed(flow));
+    assert!(net.hosts[0].table.is_empty());
+    net.drive();
+    assert!(net.hosts[1].table.is_empty(), "the peer dropped its entry");
+    assert_eq!(net.ep(1).counters().terminations_applied, 1);
+    assert_eq!(net.ep(0).poll_timeout(), None, "termination acknowledged");
+}
+
+#[test]
+fn a_long_outage_makes_both_ends_trigger_a_fast_retransmit() {
+    let (mut net, flow) = pair_with_flow();
+    // DHCP takes 300 ms: longer than `nudge_after`, so the senders are likely in back-off.
+    net.remove_address(0, "10.0.1.2");
+    net.sleep(Duration::from_millis(300));
+    net.add_address(0, "10.0.2.7");
+    net.drive();
+    assert_eq!(net.hosts[0].nudges, vec![(flow, true)]);
+    assert_eq!(net.hosts[1].nudges, vec![(flow.reversed(), true)]);
+    // The update told the peer how long the outage was.
+    let cu = net
+        .delivered
+        .iter()
+        .find(|t| t.payload[1] == MessageType::ConnectionUpdate as u8)
+        .unwrap();
+    let key = AuthKey::new(1, PSK);
+    let msg = Message::decode(&cu.payload, |_, _| Some(&key)).unwrap();
+    assert_eq!(msg.outage_ms(), Some(300));
+}
+
+#[test]
+fn sequence_numbers_compare_across_wraparound() {
+    assert!(seq_newer(1, 0));
+    assert!(seq_newer(0, 0xffff));
+    assert!(!seq_newer(0xffff, 0));
+    assert!(!seq_newer(5, 5));
+}

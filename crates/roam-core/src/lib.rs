@@ -1,0 +1,22 @@
+//! roam's protocol core: everything that decides, nothing that does I/O.
+//!
+//! - [`translate`]: the translation primitive (seed 000's local connection translation
+//!   table) and the packet rewriter that applies it to raw IP packets.
+//! - [`endpoint`]: the sans-IO protocol state machine, one per host.
+//! - [`time`]: time as a value; the core never reads a clock.
+//! - [`fuzzing`]: the bodies of the fuzz targets, so that ordinary tests replay the
+//!   committed corpus on stable.
+#![forbid(unsafe_code)]
+
+pub mod counters;
+pub mod endpoint;
+pub mod fuzzing;
+pub mod time;
+pub mod translate;
+
+pub use counters::Counters;
+pub use endpoint::{
+    Config, ConflictDirection, DataPlane, DataPlaneCommand, Endpoint, Event, Flow, FlowPeer, Input,
+    MoveMessage, Peer, Transmit,
+};
+pub use time::Instant;

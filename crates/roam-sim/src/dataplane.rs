@@ -1,0 +1,381 @@
+//! The simulator's data plane: the same translation table and packet rewriter the
+//! userspace data planes use, between a simulated host's TCP/IP stack and its link
+//! (the position of seed 000 FIG. 5: between the fused TCP/IP layer and the driver).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+use roam_core::translate::{
+    Direction, PacketError, PacketFlow, Protocol, TableError, TranslationTable, Tuple, Verdict, packet_flow,
+    translate,
+};
+use roam_core::{DataPlane, DataPlaneCommand, Instant};
+use serde::Serialize;
+
+/// How many packets of moving flows the data plane queues (seed 001 FIG. 3 step 305)
+/// before it drops and lets TCP retransmit.
+pub const HOLD_LIMIT: usize = 2048;
+
+/// How long, and how many bytes per flow, of its recent TCP data packets the data
+/// plane keeps for [`DataPlaneCommand::Resend`]: more than a round trip plus the
+/// longest outage worth repairing this way (longer ones end in a retransmission
+/// timeout, which resends everything anyway).
+const RESEND_KEEP: Duration = Duration::from_millis(500);
+const RESEND_BYTES: usize = 2 << 20;
+
+/// Duplicate ACKs a nudge elicits. smoltcp, like RFC 5681, starts fast retransmit on
+/// the third duplicate; the first ACK after a move is often not a duplicate (it
+/// acknowledges data that crossed the old path), hence four.
+const NUDGE_SEGMENTS: usize = 4;
+
+/// What the data plane did, by reason.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DataPlaneCounters {
+    pub egress_translated: u64,
+    pub ingress_translated: u64,
+    pub held: u64,
+    pub released: u64,
+    pub hold_overflow: u64,
+    pub conflicts: u64,
+    /// Conflicting packets that cannot start a flow (not a SYN, not UDP): dropped.
+    pub conflict_drops: u64,
+    pub nudges: u64,
+    /// Packets sent again after the peer's move (the old path had lost them).
+    pub resent: u64,
+    pub table_errors: u64,
+    /// Packets that did not parse, by reason.
+    pub malformed: BTreeMap<&'static str, u64>,
+}
+
+/// What the last TCP segments from the peer said, per flow (original tuple): enough to
+/// forge a segment the local stack answers with an ACK.
+#[derive(Clone, Copy, Debug)]
+struct TcpSeen {
+    /// The peer's first sequence number seen, and the end of the highest segment.
+    first_seq: u32,
+    seq_end: u32,
+    /// The peer's highest cumulative acknowledgment of our data.
+    peer_ack: Option<u32>,
+    window: u16,
+}
+
+/// Outcome of pushing a packet through.
+#[derive(Debug)]
+pub enum Verdicts {
+    /// Pass it on (translated or not).
+    Forward(Vec<u8>),
+    /// Queued until the flow is released.
+    Held,
+    Dropped,
+    /// The endpoint must resolve this conflict; then push the packet again.
+    Conflict(Tuple, Vec<u8>),
+}
+
+/// Recent TCP data packets of one flow, in original form, with when they left.
+#[derive(Default)]
+struct Recent {
+    packets: VecDeque<(Instant, Vec<u8>)>,
+    bytes: usize,
+}
+
+pub struct SimDataPlane {
+    table: TranslationTable,
+    held: VecDeque<(Tuple, Vec<u8>)>,
+    tcp: BTreeMap<Tuple, TcpSeen>,
+    recent: BTreeMap<Tuple, Recent>,
+    now: Instant,
+    /// Packets the last `apply` released (to the wire) or forged (to the stack).
+    pub to_wire: Vec<Vec<u8>>,
+    pub to_stack: Vec<Vec<u8>>,
+    pub counters: DataPlaneCounters,
+}
+
+impl SimDataPlane {
+    pub fn new(hash_seed: u64) -> SimDataPlane {
+        SimDataPlane {
+            table: TranslationTable::new(hash_seed),
+            held: VecDeque::new(),
+            tcp: BTreeMap::new(),
+            recent: BTreeMap::new(),
+            now: Instant::ZERO,
+            to_wire: Vec::new(),
+            to_stack: Vec::new(),
+            counters: DataPlaneCounters::default(),
+        }
+    }
+
+    pub fn table(&self) -> &TranslationTable {
+        &self.table
+    }
+
+    fn malformed(&mut self, e: &PacketError) {
+        *self.counters.malformed.entry(e.reason()).or_default() += 1;
+    }
+
+    /// Sets the clock for what follows (the data plane is driven, never reads time).
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = now;
+    }
+
+    /// Keeps a copy of a TCP packet carrying data, for a later resend.
+    fn remember(&mut self, pkt: &[u8]) {
+        let Ok(s) = SlicedPacket::from_ip(pkt) else { return };
+        let Some(TransportSlice::Tcp(tcp)) = &s.transport else {
+            return;
+        };
+        if tcp.payload().is_empty() && !tcp.fin() {
+            return;
+        }
+        let Ok(PacketFlow::Transport(t)) = packet_flow(Direction::Egress, pkt) else {
+            return;
+        };
+        let r = self.recent.entry(t).or_default();
+        r.bytes += pkt.len();
+        r.packets.push_back((self.now, pkt.to_vec()));
+        while let Some((at, p)) = r.packets.front() {
+            if self.now - *at <= RESEND_KEEP && r.bytes <= RESEND_BYTES {
+                break;
+            }
+            r.bytes -= p.len();
+            r.packets.pop_front();
+        }
+    }
+
+    /// A packet from the local stack on its way to the wire.
+    pub fn egress(&mut self, pkt: Vec<u8>) -> Verdicts {
+        self.remember(&pkt);
+        self.translate_egress(pkt)
+    }
+
+    fn translate_egress(&mut self, mut pkt: Vec<u8>) -> Verdicts {
+        match translate(&self.table, Direction::Egress, &mut pkt) {
+            Ok(Verdict::Translated) => {
+                self.counters.egress_translated += 1;
+                Verdicts::Forward(pkt)
+            }
+            Ok(Verdict::Untouched) => Verdicts::Forward(pkt),
+            Ok(Verdict::Hold) => {
+                if self.held.len() >= HOLD_LIMIT {
+                    self.counters.hold_overflow += 1;
+                    return Verdicts::Dropped;
+                }
+                match packet_flow(Direction::Egress, &pkt) {
+                    Ok(PacketFlow::Transport(t) | PacketFlow::IcmpError(t)) => {
+                        self.counters.held += 1;
+                        self.held.push_back((t, pkt));
+                        Verdicts::Held
+                    }
+                    _ => Verdicts::Dropped,
+                }
+            }
+            Ok(Verdict::Conflict(t)) => self.conflict(t, pkt),
+            Err(e) => {
+                self.malformed(&e);
+                Verdicts::Dropped
+            }
+        }
+    }
+
+    /// A packet from the wire on its way to the local stack.
+    pub fn ingress(&mut self, mut pkt: Vec<u8>) -> Verdicts {
+        match translate(&self.table, Direction::Ingress, &mut pkt) {
+            Ok(v @ (Verdict::Translated | Verdict::Untouched | Verdict::Hold)) => {
+                if matches!(v, Verdict::Translated) {
+                    self.counters.ingress_translated += 1;
+                }
+                self.observe_tcp(&pkt);
+                Verdicts::Forward(pkt)
+            }
+            Ok(Verdict::Conflict(t)) => self.conflict(t, pkt),
+            Err(e) => {
+                self.malformed(&e);
+                Verdicts::Dropped
+            }
+        }
+    }
+
+    /// Seed 000 ¶0069: only a packet that can open a connection (a TCP SYN, any UDP
+    /// datagram) earns a remap; anything else colliding is a stray and is dropped, so
+    /// that stray packets cannot fill the table.
+    fn conflict(&mut self, t: Tuple, pkt: Vec<u8>) -> Verdicts {
+        let opens = match SlicedPacket::from_ip(&pkt).ok().and_then(|s| s.transport) {
+            Some(TransportSlice::Tcp(tcp)) => tcp.syn() && !tcp.ack(),
+            Some(TransportSlice::Udp(_)) => true,
+            _ => false,
+        };
+        if opens {
+            self.counters.conflicts += 1;
+            Verdicts::Conflict(t, pkt)
+        } else {
+            self.counters.conflict_drops += 1;
+            Verdicts::Dropped
+        }
+    }
+
+    fn observe_tcp(&mut self, pkt: &[u8]) {
+        let Ok(s) = SlicedPacket::from_ip(pkt) else { return };
+        let (Some(net), Some(TransportSlice::Tcp(tcp))) = (s.net.as_ref(), s.transport) else {
+            return;
+        };
+        let (src, dst): (IpAddr, IpAddr) = match net {
+            etherparse::NetSlice::Ipv4(v4) => (
+                v4.header().source_addr().into(),
+                v4.header().destination_addr().into(),
+            ),
+            etherparse::NetSlice::Ipv6(v6) => (
+                v6.header().source_addr().into(),
+                v6.header().destination_addr().into(),
+            ),
+            _ => return,
+        };
+        let key = Tuple::new(
+            Protocol::Tcp,
+            SocketAddr::new(dst, tcp.destination_port()),
+            SocketAddr::new(src, tcp.source_port()),
+        );
+        if tcp.rst() {
+            self.tcp.remove(&key);
+            return;
+        }
+        let len = tcp.payload().len() as u32 + u32::from(tcp.syn()) + u32::from(tcp.fin());
+        let end = tcp.sequence_number().wrapping_add(len);
+        let seen = self.tcp.entry(key).or_insert(TcpSeen {
+            first_seq: tcp.sequence_number(),
+            seq_end: end,
+            peer_ack: None,
+            window: tcp.window_size(),
+        });
+        if serial_gt(end, seen.seq_end) {
+            seen.seq_end = end;
+        }
+        if tcp.ack() {
+            let a = tcp.acknowledgment_number();
+            if seen.peer_ack.is_none_or(|old| serial_gt(a, old)) {
+                seen.peer_ack = Some(a);
+            }
+        }
+        seen.window = tcp.window_size();
+    }
+
+    /// Forges segments that the local stack must answer with an ACK (RFC 9293 §3.10.7.4:
+    /// an unacceptable segment elicits an ACK): one byte the stack already has, far
+    /// behind its receive window, with an acknowledgment number it accepts. Each ACK it
+    /// sends is a duplicate ACK at the peer, whose sender then retransmits at once
+    /// instead of waiting out its back-off.
+    fn nudge(&mut self, flow: &Tuple, fast_retransmit: bool) {
+        let Some(seen) = self.tcp.get(flow).copied() else {
+            tracing::debug!(%flow, "nudge: nothing seen from the peer yet");
+            return;
+        };
+        let Some(ack) = seen.peer_ack else { return };
+        tracing::debug!(%flow, ?seen, "nudge");
+        // Far enough behind that no receive window (ours are at most a few MiB) reaches it.
+        let behind = seen.seq_end.wrapping_sub(1 << 24);
+        let seq = if seen.seq_end.wrapping_sub(seen.first_seq) > (1 << 24) {
+            behind
+        } else {
+            seen.first_seq
+        };
+        let segments = if fast_retransmit { NUDGE_SEGMENTS } else { 1 };
+        for _ in 0..segments {
+            let builder = match (flow.remote.ip(), flow.local.ip()) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), 64),
+                (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), 64),
+                _ => return,
+            };
+            let b = builder
+                .tcp(flow.remote.port(), flow.local.port(), seq, seen.window)
+                .ack(ack);
+            let mut out = Vec::with_capacity(b.size(1));
+            if b.write(&mut out, &[0]).is_ok() {
+                self.to_stack.push(out);
+            }
+        }
+        self.counters.nudges += 1;
+    }
+
+    /// Sends every held packet whose flow is no longer held, in order.
+    fn release(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        for (t, pkt) in held {
+            match self.table.flow_by_original(&t) {
+                Some(m) if m.hold => self.held.push_back((t, pkt)),
+                _ => {
+                    self.counters.released += 1;
+                    if let Verdicts::Forward(p) = self.translate_egress(pkt) {
+                        self.to_wire.push(p);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends again, to the flow's new current tuple, every remembered segment the peer
+    /// has not acknowledged: go-back-N from the last cumulative ACK seen.
+    fn resend(&mut self, flow: &Tuple) {
+        let Some(r) = self.recent.get(flow) else { return };
+        let acked = self.tcp.get(flow).and_then(|s| s.peer_ack);
+        let again: Vec<Vec<u8>> = r
+            .packets
+            .iter()
+            .filter(|(_, p)| match (acked, segment_end(p)) {
+                (Some(a), Some(end)) => serial_gt(end, a),
+                _ => true,
+            })
+            .map(|(_, p)| p.clone())
+            .collect();
+        for p in again {
+            if let Verdicts::Forward(p) = self.translate_egress(p) {
+                self.counters.resent += 1;
+                self.to_wire.push(p);
+            }
+        }
+    }
+
+    /// Forgets per-flow state of a closed flow.
+    pub fn forget(&mut self, flow: &Tuple) {
+        self.tcp.remove(flow);
+        self.recent.remove(flow);
+    }
+}
+
+impl DataPlane for SimDataPlane {
+    type Error = TableError;
+
+    fn apply(&mut self, command: &DataPlaneCommand) -> Result<(), TableError> {
+        match command {
+            DataPlaneCommand::Table(change) => {
+                if let Err(e) = self.table.apply(change) {
+                    self.counters.table_errors += 1;
+                    return Err(e);
+                }
+                self.release();
+            }
+            DataPlaneCommand::Nudge {
+                original,
+                fast_retransmit,
+            } => self.nudge(original, *fast_retransmit),
+            DataPlaneCommand::Resend { original } => self.resend(original),
+        }
+        Ok(())
+    }
+}
+
+/// The sequence number just past a TCP segment (data and FIN).
+fn segment_end(pkt: &[u8]) -> Option<u32> {
+    let s = SlicedPacket::from_ip(pkt).ok()?;
+    let Some(TransportSlice::Tcp(t)) = s.transport else {
+        return None;
+    };
+    Some(
+        t.sequence_number()
+            .wrapping_add(t.payload().len() as u32 + u32::from(t.fin())),
+    )
+}
+
+/// RFC 1982 serial-number comparison for TCP sequence numbers.
+fn serial_gt(a: u32, b: u32) -> bool {
+    a != b && a.wrapping_sub(b) < (1 << 31)
+}

@@ -1,0 +1,147 @@
+//! `roam`: the one command-line entry point.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use roam_sim::{Family, RunOptions, Scenario, builtin};
+
+#[derive(Parser)]
+#[command(
+    name = "roam",
+    version,
+    about = "Keep TCP and UDP sessions alive when a host's address changes",
+    long_about = "roam keeps applications' TCP and UDP sessions alive when a host's IP address \
+                  changes: unmodified programs keep their sockets, the kernel keeps its TCP state."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FamilyArg {
+    Ipv4,
+    Ipv6,
+}
+
+impl From<FamilyArg> for Family {
+    fn from(f: FamilyArg) -> Family {
+        match f {
+            FamilyArg::Ipv4 => Family::Ipv4,
+            FamilyArg::Ipv6 => Family::Ipv6,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Seed of the run: the same seed replays the run exactly.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Address family.
+    #[arg(long, value_enum, default_value = "ipv4")]
+    family: FamilyArg,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Write the simulated wire (every host's access link) as a pcap file.
+    #[arg(long, value_name = "FILE")]
+    pcap: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Simulate a 20 MB TCP stream across a move, in virtual time (no root needed).
+    Demo {
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Run a simulated scenario: a built-in one by name, or a TOML file.
+    Sim {
+        /// Built-in scenario name or path to a scenario file.
+        #[arg(long, short, required_unless_present = "list")]
+        scenario: Option<String>,
+        /// List the built-in scenarios.
+        #[arg(long)]
+        list: bool,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ROAM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("roam: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `Ok(true)`: success; `Ok(false)`: the command ran and found a failure.
+fn run(cli: Cli) -> Result<bool> {
+    match cli.command {
+        Command::Demo { run } => {
+            let sc = builtin::get("demo").expect("the demo is built in")?;
+            simulate(&sc, &run)
+        }
+        Command::Sim { list: true, .. } => {
+            for sc in builtin::all() {
+                let sc = sc?;
+                let first = sc.description.lines().next().unwrap_or("");
+                println!("{:<20} {first}", sc.name);
+            }
+            Ok(true)
+        }
+        Command::Sim { scenario, run, .. } => {
+            let name = scenario.expect("clap requires --scenario without --list");
+            let sc = load(&name)?;
+            simulate(&sc, &run)
+        }
+    }
+}
+
+fn load(name: &str) -> Result<Scenario> {
+    if let Some(sc) = builtin::get(name) {
+        return Ok(sc?);
+    }
+    let path = PathBuf::from(name);
+    if !path.exists() {
+        let names: Vec<&str> = builtin::SCENARIOS.iter().map(|(n, _)| *n).collect();
+        bail!(
+            "no built-in scenario and no file named {name:?} (built-in: {})",
+            names.join(", ")
+        );
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Scenario::from_toml(&text, &path.display().to_string())?)
+}
+
+fn simulate(sc: &Scenario, args: &RunArgs) -> Result<bool> {
+    let opts = RunOptions {
+        family: args.family.into(),
+        seed: args.seed,
+        pcap: args.pcap.clone(),
+    };
+    let report = roam_sim::run(sc, &opts)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+        if let Some(p) = &args.pcap {
+            println!("capture written to {}", p.display());
+        }
+    }
+    Ok(report.ok)
+}
