@@ -863,21 +863,21 @@ bytes = 10
     fn an_unknown_name_is_refused_with_its_line() {
         let text = OK.replace("server = \"b\"", "server = \"nobody\"");
         let e = error_of(&text);
-        assert_eq!(e.line, Some(19), "{e}");
+        assert_eq!(e.line, Some(17), "{e}");
         assert!(e.message.contains("unknown host \"nobody\""), "{e}");
-        assert!(e.to_string().starts_with("bad.toml:19: "), "{e}");
+        assert!(e.to_string().starts_with("bad.toml:17: "), "{e}");
     }
 
     #[test]
     fn a_syntax_error_is_refused_with_its_line() {
         let e = error_of(&OK.replace("port = 1\n", "port = = 1\n"));
-        assert_eq!(e.line, Some(20), "{e}");
+        assert_eq!(e.line, Some(18), "{e}");
     }
 
     #[test]
     fn an_unknown_key_is_refused_with_its_line() {
         let e = error_of(&OK.replace("[[host]]\nname = \"b\"", "[[host]]\nnmae = \"b\""));
-        assert_eq!(e.line, Some(13), "{e}");
+        assert_eq!(e.line, Some(12), "{e}");
         assert!(e.message.contains("nmae"), "{e}");
     }
 

@@ -10,7 +10,7 @@ pub fn corpus_key() -> AuthKey {
 /// Decodes `data` both ways and checks invariants beyond "does not panic":
 /// - a message that decodes with its MAC verified re-encodes to exactly `data`;
 /// - a message whose extensions decode (MAC unchecked) re-encodes to a datagram of the
-///   same length whose bytes before the MAC equal `data`'s;
+///   same length whose bytes before the SPI and MAC equal `data`'s;
 /// - decoding never succeeds under a different key.
 pub fn decode(data: &[u8]) {
     let key = corpus_key();
@@ -30,6 +30,7 @@ pub fn decode(data: &[u8]) {
     {
         let again = msg.encode(&key).expect("a decoded message re-encodes");
         assert_eq!(again.len(), data.len());
-        assert_eq!(again[..data.len() - 32], data[..data.len() - 32]);
+        let auth_body = 4 + crate::MAC_LEN;
+        assert_eq!(again[..data.len() - auth_body], data[..data.len() - auth_body]);
     }
 }

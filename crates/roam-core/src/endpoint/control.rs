@@ -632,7 +632,11 @@ impl Endpoint {
                 .flows
                 .iter()
                 // An orphaned flow has nowhere to move to yet.
-                .filter(|o| self.flows.get(o).is_some_and(|f| f.moving_since.is_some() && !f.orphaned))
+                .filter(|o| {
+                    self.flows
+                        .get(o)
+                        .is_some_and(|f| f.moving_since.is_some() && !f.orphaned)
+                })
                 .copied()
                 .collect();
             flows.extend(p.refresh.iter().copied());

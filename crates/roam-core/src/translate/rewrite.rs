@@ -12,7 +12,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 
-use etherparse::{IpSlice, Ipv6ExtensionSlice, LaxIpSlice};
+use etherparse::{IpSlice, LaxIpSlice};
 use thiserror::Error;
 
 use super::checksum;
@@ -126,11 +126,39 @@ fn offset_in(outer: &[u8], inner: &[u8]) -> usize {
     inner.as_ptr() as usize - outer.as_ptr() as usize
 }
 
-fn ipv6_later_fragment(exts: &etherparse::Ipv6ExtensionsSlice<'_>) -> bool {
-    exts.clone().into_iter().any(|e| match e {
-        Ipv6ExtensionSlice::Fragment(f) => f.fragment_offset().value() != 0,
-        _ => false,
-    })
+/// Whether an IPv6 packet is a fragment other than the first: walks the extension
+/// headers etherparse delimited (RFC 8200 §4) looking for a Fragment header with a
+/// non-zero offset. Done by hand, bounds-checked at every step: etherparse's extension
+/// iterator assumes a fully validated chain, which a quoted (truncated) packet is not.
+fn ipv6_later_fragment(first: u8, exts: &[u8]) -> bool {
+    const HOP_BY_HOP: u8 = 0;
+    const ROUTING: u8 = 43;
+    const FRAGMENT: u8 = 44;
+    const AUTH: u8 = 51;
+    const DEST_OPTS: u8 = 60;
+    let (mut next, mut at) = (first, 0usize);
+    while at < exts.len() {
+        let Some(h) = exts.get(at..at + 2) else {
+            return false;
+        };
+        let len = match next {
+            HOP_BY_HOP | ROUTING | DEST_OPTS => (usize::from(h[1]) + 1) * 8,
+            AUTH => (usize::from(h[1]) + 2) * 4,
+            FRAGMENT => {
+                let Some(f) = exts.get(at + 2..at + 4) else {
+                    return false;
+                };
+                if u16::from_be_bytes([f[0], f[1]]) >> 3 != 0 {
+                    return true;
+                }
+                8
+            }
+            _ => return false,
+        };
+        next = h[0];
+        at += len;
+    }
+    false
 }
 
 fn check_version(pkt: &[u8]) -> Result<(), PacketError> {
@@ -178,7 +206,7 @@ fn layout(pkt: &[u8]) -> Result<Layout, PacketError> {
                 ipv4_checksum_at: None,
                 proto: p.ip_number.0,
                 l4: offset_in(pkt, p.payload)..offset_in(pkt, p.payload) + p.payload.len(),
-                fragment: if ipv6_later_fragment(v6.extensions()) {
+                fragment: if ipv6_later_fragment(h.next_header().0, v6.extensions().slice()) {
                     Fragment::Later
                 } else {
                     Fragment::HasHeader
@@ -224,7 +252,7 @@ fn layout_quote(quote: &[u8]) -> Result<Layout, PacketError> {
                 ipv4_checksum_at: None,
                 proto: p.ip_number.0,
                 l4: offset_in(quote, p.payload)..offset_in(quote, p.payload) + p.payload.len(),
-                fragment: if ipv6_later_fragment(v6.extensions()) {
+                fragment: if ipv6_later_fragment(h.next_header().0, v6.extensions().slice()) {
                     Fragment::Later
                 } else {
                     Fragment::HasHeader
@@ -625,6 +653,9 @@ fn translate_icmp_error(
     let before = checksum::sum(&pkt[quote_at..l.l4.end], 0);
     {
         let quote = &mut pkt[quote_at..l.l4.end];
+        // A quote that ends inside the transport checksum keeps one byte of it: that
+        // byte's new value depends on a carry from the missing byte, so it is left as
+        // it is (receivers of ICMP errors do not check quoted transport checksums).
         let qcsum = qtransport.and_then(|(proto, csum_at, _)| {
             (q.l4.start + csum_at + 2 <= q.l4.end).then_some((q.l4.start + csum_at, proto == Protocol::Udp))
         });
