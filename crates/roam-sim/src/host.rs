@@ -297,8 +297,11 @@ impl SimHost {
         let mut seen = BTreeSet::new();
         for (_, socket) in self.sockets.iter() {
             if let smoltcp::socket::Socket::Tcp(s) = socket {
+                // A socket in TIME-WAIT is still a flow: it may yet send the final ACK
+                // again, and that must be translated like the rest (sock_diag lists
+                // TIME-WAIT sockets too).
                 use tcp::State::*;
-                if matches!(s.state(), Closed | Listen | TimeWait) {
+                if matches!(s.state(), Closed | Listen) {
                     continue;
                 }
                 if let (Some(l), Some(r)) = (s.local_endpoint(), s.remote_endpoint()) {
@@ -369,6 +372,21 @@ impl SimHost {
         }
     }
 
+    /// Lets the TCP/IP stack process what it has; whether any socket changed.
+    pub fn poll_stack(&mut self, now: Instant) -> bool {
+        self.iface
+            .poll(smol_now(now), &mut self.device, &mut self.sockets)
+            == smoltcp::iface::PollResult::SocketStateChanged
+    }
+
+    /// Asks the endpoint to resolve a conflict and obeys what it says.
+    fn resolve_conflict(&mut self, now: Instant, direction: roam_core::ConflictDirection, tuple: Tuple) {
+        if let Some(a) = &mut self.agent {
+            a.endpoint.handle(now, Input::Conflict { direction, tuple });
+        }
+        self.drain_agent(now);
+    }
+
     /// Pushes packets from the link through the data plane into the stack. Conflicts
     /// go to the endpoint, and the packet is tried again once it has answered.
     pub fn ingress(&mut self, now: Instant) -> bool {
@@ -377,16 +395,7 @@ impl SimHost {
             progress = true;
             let mut verdict = self.dataplane.ingress(pkt);
             if let Verdicts::Conflict(t, p) = verdict {
-                if let Some(a) = &mut self.agent {
-                    a.endpoint.handle(
-                        now,
-                        Input::Conflict {
-                            direction: roam_core::ConflictDirection::Ingress,
-                            tuple: t,
-                        },
-                    );
-                }
-                self.drain_agent(now);
+                self.resolve_conflict(now, roam_core::ConflictDirection::Ingress, t);
                 verdict = match self.dataplane.ingress(p) {
                     Verdicts::Conflict(..) => Verdicts::Dropped,
                     v => v,
@@ -412,16 +421,7 @@ impl SimHost {
             }
             let mut verdict = self.dataplane.egress(pkt);
             if let Verdicts::Conflict(t, p) = verdict {
-                if let Some(a) = &mut self.agent {
-                    a.endpoint.handle(
-                        now,
-                        Input::Conflict {
-                            direction: roam_core::ConflictDirection::Egress,
-                            tuple: t,
-                        },
-                    );
-                }
-                self.drain_agent(now);
+                self.resolve_conflict(now, roam_core::ConflictDirection::Egress, t);
                 out.append(&mut self.dataplane.to_wire);
                 verdict = match self.dataplane.egress(p) {
                     Verdicts::Conflict(..) => Verdicts::Dropped,

@@ -20,7 +20,6 @@ use rand_core::{RngCore, SeedableRng};
 use roam_core::{Config, Endpoint, Event, Input, Instant};
 use roam_wire::NodeId;
 use sha2::{Digest, Sha256};
-use smoltcp::iface::PollResult;
 
 use crate::apps::{StepContext, TcpApp, UdpApp};
 use crate::host::{SimHost, smol_now, to_smol};
@@ -577,6 +576,7 @@ impl<'s> Sim<'s> {
         {
             // BCP 38: a packet from an access subnet must come from that subnet.
             self.net.ingress_filtered += 1;
+            tracing::debug!(target: "roam_sim::wire", router = %self.routers[r].name, "ingress filter drops {}", describe_packet(&pkt));
             return;
         }
         if !net::decrement_ttl(&mut pkt) {
@@ -681,27 +681,9 @@ impl<'s> Sim<'s> {
         let elapsed = now - Instant::ZERO;
         for _round in 0..64 {
             let mut progress = self.hosts[h].ingress(now);
-            {
-                let host = &mut self.hosts[h];
-                if host
-                    .iface
-                    .poll(smol_now(now), &mut host.device, &mut host.sockets)
-                    == PollResult::SocketStateChanged
-                {
-                    progress = true;
-                }
-            }
+            progress |= self.hosts[h].poll_stack(now);
             progress |= self.step_apps(h, now, elapsed);
-            {
-                let host = &mut self.hosts[h];
-                if host
-                    .iface
-                    .poll(smol_now(now), &mut host.device, &mut host.sockets)
-                    == PollResult::SocketStateChanged
-                {
-                    progress = true;
-                }
-            }
+            progress |= self.hosts[h].poll_stack(now);
             progress |= self.hosts[h].receive_control(now);
             if let Some(a) = &mut self.hosts[h].agent
                 && a.endpoint.poll_timeout().is_some_and(|t| t <= now)

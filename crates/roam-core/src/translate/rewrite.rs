@@ -120,6 +120,44 @@ impl Layout {
     fn is_v6(&self) -> bool {
         self.src.is_ipv6()
     }
+
+    /// From a parsed IPv4 header; `payload` is a sub-slice of `pkt`.
+    fn v4(pkt: &[u8], h: &etherparse::Ipv4HeaderSlice<'_>, proto: u8, payload: &[u8]) -> Layout {
+        let at = offset_in(pkt, payload);
+        Layout {
+            src: IpAddr::V4(h.source_addr()),
+            dst: IpAddr::V4(h.destination_addr()),
+            src_at: 12,
+            dst_at: 16,
+            ipv4_checksum_at: Some(10),
+            proto,
+            l4: at..at + payload.len(),
+            fragment: if h.fragments_offset().value() != 0 {
+                Fragment::Later
+            } else {
+                Fragment::HasHeader
+            },
+        }
+    }
+
+    /// From a parsed IPv6 header and its extension headers' bytes.
+    fn v6(pkt: &[u8], h: &etherparse::Ipv6HeaderSlice<'_>, exts: &[u8], proto: u8, payload: &[u8]) -> Layout {
+        let at = offset_in(pkt, payload);
+        Layout {
+            src: IpAddr::V6(h.source_addr()),
+            dst: IpAddr::V6(h.destination_addr()),
+            src_at: 8,
+            dst_at: 24,
+            ipv4_checksum_at: None,
+            proto,
+            l4: at..at + payload.len(),
+            fragment: if ipv6_later_fragment(h.next_header().0, exts) {
+                Fragment::Later
+            } else {
+                Fragment::HasHeader
+            },
+        }
+    }
 }
 
 fn offset_in(outer: &[u8], inner: &[u8]) -> usize {
@@ -177,42 +215,14 @@ fn layout(pkt: &[u8]) -> Result<Layout, PacketError> {
         _ => PacketError::IpHeader,
     })?;
     Ok(match &ip {
-        IpSlice::Ipv4(v4) => {
-            let h = v4.header();
-            let p = v4.payload();
-            Layout {
-                src: IpAddr::V4(h.source_addr()),
-                dst: IpAddr::V4(h.destination_addr()),
-                src_at: 12,
-                dst_at: 16,
-                ipv4_checksum_at: Some(10),
-                proto: p.ip_number.0,
-                l4: offset_in(pkt, p.payload)..offset_in(pkt, p.payload) + p.payload.len(),
-                fragment: if h.fragments_offset().value() != 0 {
-                    Fragment::Later
-                } else {
-                    Fragment::HasHeader
-                },
-            }
-        }
-        IpSlice::Ipv6(v6) => {
-            let h = v6.header();
-            let p = v6.payload();
-            Layout {
-                src: IpAddr::V6(h.source_addr()),
-                dst: IpAddr::V6(h.destination_addr()),
-                src_at: 8,
-                dst_at: 24,
-                ipv4_checksum_at: None,
-                proto: p.ip_number.0,
-                l4: offset_in(pkt, p.payload)..offset_in(pkt, p.payload) + p.payload.len(),
-                fragment: if ipv6_later_fragment(h.next_header().0, v6.extensions().slice()) {
-                    Fragment::Later
-                } else {
-                    Fragment::HasHeader
-                },
-            }
-        }
+        IpSlice::Ipv4(v4) => Layout::v4(pkt, &v4.header(), v4.payload().ip_number.0, v4.payload().payload),
+        IpSlice::Ipv6(v6) => Layout::v6(
+            pkt,
+            &v6.header(),
+            v6.extensions().slice(),
+            v6.payload().ip_number.0,
+            v6.payload().payload,
+        ),
     })
 }
 
@@ -223,42 +233,19 @@ fn layout_quote(quote: &[u8]) -> Result<Layout, PacketError> {
     check_version(quote).map_err(|_| PacketError::IcmpQuote)?;
     let (ip, _) = LaxIpSlice::from_slice(quote).map_err(|_| PacketError::IcmpQuote)?;
     Ok(match &ip {
-        LaxIpSlice::Ipv4(v4) => {
-            let h = v4.header();
-            let p = v4.payload();
-            Layout {
-                src: IpAddr::V4(h.source_addr()),
-                dst: IpAddr::V4(h.destination_addr()),
-                src_at: 12,
-                dst_at: 16,
-                ipv4_checksum_at: Some(10),
-                proto: p.ip_number.0,
-                l4: offset_in(quote, p.payload)..offset_in(quote, p.payload) + p.payload.len(),
-                fragment: if h.fragments_offset().value() != 0 {
-                    Fragment::Later
-                } else {
-                    Fragment::HasHeader
-                },
-            }
-        }
-        LaxIpSlice::Ipv6(v6) => {
-            let h = v6.header();
-            let p = v6.payload();
-            Layout {
-                src: IpAddr::V6(h.source_addr()),
-                dst: IpAddr::V6(h.destination_addr()),
-                src_at: 8,
-                dst_at: 24,
-                ipv4_checksum_at: None,
-                proto: p.ip_number.0,
-                l4: offset_in(quote, p.payload)..offset_in(quote, p.payload) + p.payload.len(),
-                fragment: if ipv6_later_fragment(h.next_header().0, v6.extensions().slice()) {
-                    Fragment::Later
-                } else {
-                    Fragment::HasHeader
-                },
-            }
-        }
+        LaxIpSlice::Ipv4(v4) => Layout::v4(
+            quote,
+            &v4.header(),
+            v4.payload().ip_number.0,
+            v4.payload().payload,
+        ),
+        LaxIpSlice::Ipv6(v6) => Layout::v6(
+            quote,
+            &v6.header(),
+            v6.extensions().slice(),
+            v6.payload().ip_number.0,
+            v6.payload().payload,
+        ),
     })
 }
 
