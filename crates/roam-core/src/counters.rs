@@ -29,12 +29,40 @@ counters! {
         messages_accepted,
         /// Dropped: the datagram is not a well-formed control message.
         drop_malformed,
-        /// Dropped: authentication failed (bad MAC or unknown SPI).
+        /// Dropped: the AEAD tag does not verify, or the header names another sender
+        /// than the session's peer.
         drop_bad_auth,
+        /// Dropped: sealed under a session index we do not have (never had, or retired
+        /// after a rekey).
+        drop_unknown_session,
         /// Dropped: replay-protect ID already seen or older than the window.
         drop_replay,
-        /// Dropped: a message other than registration from a sender we do not know.
+        /// Dropped: a message for a peer whose record is gone.
         drop_unknown_peer,
+        /// Dropped: over a per-source (handshakes) or per-peer (updates) rate limit.
+        drop_rate_limited,
+        /// Dropped: a handshake message that does not verify or matches no handshake.
+        drop_bad_handshake,
+        /// Dropped: a cookie that does not verify.
+        drop_bad_cookie,
+        /// Handshakes refused because the peer's key is not trusted.
+        drop_untrusted_key,
+        /// Handshakes completed (as initiator or responder).
+        handshakes_completed,
+        /// Handshakes abandoned after their retries.
+        handshakes_failed,
+        /// Cookie replies sent because this host was under load.
+        cookies_sent,
+        /// Sessions replaced by a newer handshake (key rotation or restart).
+        sessions_rekeyed,
+        /// Path challenges sent to a peer's new address (return routability).
+        path_challenges,
+        /// New addresses that echoed their challenge.
+        paths_validated,
+        /// New addresses that never did: their flows went back where they were.
+        paths_failed,
+        /// Control messages not sent to an unvalidated address: over its budget.
+        budget_refusals,
         /// Dropped: a reply that matches no outstanding request (or an old one).
         drop_unexpected_reply,
         /// Dropped: a message type this endpoint does not serve (e.g. Subscribe, which
@@ -63,11 +91,14 @@ counters! {
         conflicts_refused,
         /// Peers registered.
         peers_registered,
-        /// Registration attempts that ended unanswered.
+        /// Registrations (handshakes to a new address) that ended unanswered.
         registrations_failed,
         /// Update-Requests answered.
         update_requests_answered,
         /// Terminations received and applied.
         terminations_applied,
+        /// Entries a data plane kept across a restart that were not taken back (they
+        /// clash with a flow already known, or are inconsistent).
+        restore_refused,
     }
 }

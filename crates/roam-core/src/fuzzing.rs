@@ -3,62 +3,108 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+
+use crate::translate::checksum;
 use crate::translate::{
-    AddressMapping, Direction, FlowMapping, Protocol, Side, TableChange, TranslationTable, Tuple, Verdict,
-    packet_flow, translate,
+    AddressMapping, Direction, FlowMapping, PacketFlow, Protocol, Side, TableChange, TranslationTable, Tuple,
+    Verdict, packet_flow, translate,
 };
 
-/// The `rewrite` target. The first byte picks which entries the table holds; the rest
-/// is a packet, translated both ways. Invariants, beyond "does not panic":
+/// The `rewrite` target. The first byte picks which entries the table holds (derived
+/// from the packet's own tuple, or from the tuple an ICMP error quotes, so that the
+/// fuzzer reaches the rewrite paths); the rest is a packet, translated both ways.
+/// Invariants, beyond "does not panic":
 /// - translation never changes a packet's length;
 /// - any verdict but `Translated` (and any error) leaves the bytes as they were;
-/// - a packet whose tuple is an entry's original is translated and then, through the
-///   peer's mirrored table, comes back byte for byte.
+/// - ingress never holds; an empty table never translates, holds or conflicts;
+/// - a packet whose checksums verified before translation verifies after;
+/// - a packet translated by a flow entry then carries that entry's other tuple, and
+///   the peer's mirrored table, translating the other way, restores it byte for byte.
 pub fn rewrite(data: &[u8]) {
     let Some((&selector, pkt)) = data.split_first() else {
         return;
     };
     let table = table(selector, pkt);
+    let empty = TranslationTable::new(0);
+    let verified = checksums_verify(pkt);
     for dir in [Direction::Egress, Direction::Ingress] {
         let mut p = pkt.to_vec();
-        match translate(&table, dir, &mut p) {
+        let verdict = translate(&table, dir, &mut p);
+        assert_eq!(p.len(), pkt.len(), "translation keeps the length");
+        match verdict {
             Ok(Verdict::Translated) => {
-                assert_eq!(p.len(), pkt.len(), "translation keeps the length");
-                if dir == Direction::Egress
-                    && let Ok(crate::translate::PacketFlow::Transport(t)) = packet_flow(dir, pkt)
-                    && let Some(m) = table.flow_by_original(&t)
-                {
-                    // The peer, whose entry mirrors ours, undoes exactly what we did.
-                    let mut mirror = TranslationTable::new(0);
-                    mirror
-                        .apply(&TableChange::InstallFlow(FlowMapping {
-                            original: m.original.reversed(),
-                            current: m.current.reversed(),
-                            hold: false,
-                        }))
-                        .expect("a mirror of a valid entry is valid");
-                    let mut back = p.clone();
-                    assert_eq!(
-                        translate(&mirror, Direction::Ingress, &mut back),
-                        Ok(Verdict::Translated)
-                    );
+                if verified {
                     assert!(
-                        same_but_zero_form(&back, pkt),
-                        "the peer's ingress restores the bytes:\n{back:?}\n{pkt:?}"
+                        checksums_verify(&p),
+                        "checksums verified before, not after: {p:02x?}"
                     );
                 }
+                after_flow_translation(&table, dir, pkt, &p);
             }
-            Ok(_) | Err(_) => assert_eq!(p, pkt, "no translation, no change"),
+            Ok(v) => {
+                assert_eq!(p, pkt, "{v:?} leaves the packet unchanged");
+                assert!(
+                    !(dir == Direction::Ingress && v == Verdict::Hold),
+                    "hold gates egress only"
+                );
+            }
+            Err(e) => {
+                assert_eq!(p, pkt, "an error leaves the packet unchanged");
+                assert!(!e.reason().is_empty());
+            }
         }
-        let _ = packet_flow(dir, pkt);
+        let mut q = pkt.to_vec();
+        let v = translate(&empty, dir, &mut q);
+        assert!(matches!(v, Ok(Verdict::Untouched) | Err(_)), "empty table: {v:?}");
+        assert_eq!(q, pkt);
+        // packet_flow parses as translate does.
+        assert_eq!(packet_flow(dir, pkt).is_err(), v.is_err());
     }
+}
+
+/// `p` is `pkt` translated by `table` in `dir`. If a flow entry did it, the packet now
+/// carries the entry's other tuple; and the peer, whose entry mirrors ours, undoes
+/// exactly what we did (our egress is its ingress, and the other way round).
+fn after_flow_translation(table: &TranslationTable, dir: Direction, pkt: &[u8], p: &[u8]) {
+    let Ok(PacketFlow::Transport(t)) = packet_flow(dir, pkt) else {
+        return;
+    };
+    let (m, expect) = match dir {
+        Direction::Egress => match table.flow_by_original(&t) {
+            Some(m) => (m, m.current),
+            None => return,
+        },
+        Direction::Ingress => match table.flow_by_current(&t) {
+            Some(m) => (m, m.original),
+            None => return,
+        },
+    };
+    assert_eq!(packet_flow(dir, p), Ok(PacketFlow::Transport(expect)));
+    let mut mirror = TranslationTable::new(0);
+    mirror
+        .apply(&TableChange::InstallFlow(FlowMapping {
+            original: m.original.reversed(),
+            current: m.current.reversed(),
+            hold: false,
+        }))
+        .expect("a mirror of a valid entry is valid");
+    let mut back = p.to_vec();
+    assert_eq!(
+        translate(&mirror, dir.reversed(), &mut back),
+        Ok(Verdict::Translated)
+    );
+    assert!(
+        same_but_zero_form(&back, pkt),
+        "the peer's {:?} restores the bytes:\n{back:02x?}\n{pkt:02x?}",
+        dir.reversed()
+    );
 }
 
 /// Equal, or different only in 16-bit words (checksum fields, all at even offsets)
 /// that are `ffff` on one side and `0000` on the other: one's complement's two zeros.
-/// A checksum of `ffff` (negative zero) verifies like `0000`; RFC 1624 eqn. 3 never
-/// produces it, so a round trip through the rewriter may turn it into `0000`. Both are
-/// correct.
+/// Both verify; RFC 1624 eqn. 3 may produce either form, so a round trip through the
+/// rewriter may turn one into the other.
 fn same_but_zero_form(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len()
         && a.chunks(2)
@@ -66,61 +112,172 @@ fn same_but_zero_form(a: &[u8], b: &[u8]) -> bool {
             .all(|(x, y)| x == y || (x == [0, 0] && y == [0xff, 0xff]) || (x == [0xff, 0xff] && y == [0, 0]))
 }
 
-/// A table whose entries are derived from the packet's own tuple (so that the fuzzer
-/// reaches the rewrite paths), chosen by `selector`.
+/// Whether every checksum of an IP packet that can be checked verifies, by full
+/// recomputation: the IPv4 header; unless the packet is a fragment, TCP, UDP (over IPv4
+/// a zero means none; over IPv6 zero is invalid, RFC 8200 §8.1), ICMPv4, ICMPv6, and an
+/// IPv4 header quoted by an ICMP error. A packet that does not parse does not verify.
+pub fn checksums_verify(pkt: &[u8]) -> bool {
+    let Ok(s) = SlicedPacket::from_ip(pkt) else {
+        return false;
+    };
+    let (src, dst, payload, fragmented): (IpAddr, IpAddr, &[u8], bool) = match &s.net {
+        Some(NetSlice::Ipv4(v4)) => {
+            if !checksum::verifies(0, v4.header().slice()) {
+                return false;
+            }
+            (
+                v4.header().source_addr().into(),
+                v4.header().destination_addr().into(),
+                v4.payload().payload,
+                v4.payload().fragmented,
+            )
+        }
+        Some(NetSlice::Ipv6(v6)) => (
+            v6.header().source_addr().into(),
+            v6.header().destination_addr().into(),
+            v6.payload().payload,
+            v6.payload().fragmented,
+        ),
+        _ => return false,
+    };
+    if fragmented {
+        return true;
+    }
+    let pseudo = |proto: u8| checksum::pseudo_header(&src, &dst, proto, payload.len());
+    match &s.transport {
+        Some(TransportSlice::Tcp(_)) => checksum::verifies(pseudo(6), payload),
+        Some(TransportSlice::Udp(u)) => {
+            if u.checksum() == 0 {
+                src.is_ipv4()
+            } else {
+                checksum::verifies(pseudo(17), payload)
+            }
+        }
+        Some(TransportSlice::Icmpv4(icmp)) => {
+            if !checksum::verifies(0, payload) {
+                return false;
+            }
+            // A quoted IPv4 header (RFC 792 errors) must verify too.
+            let is_error = matches!(icmp.type_u8(), 3 | 4 | 5 | 11 | 12);
+            let quote = payload.get(8..).unwrap_or_default();
+            match quote.first() {
+                Some(b) if is_error && b >> 4 == 4 => {
+                    let ihl = usize::from(b & 0xf) * 4;
+                    quote
+                        .get(..ihl)
+                        .is_some_and(|h| ihl >= 20 && checksum::verifies(0, h))
+                }
+                _ => true,
+            }
+        }
+        Some(TransportSlice::Icmpv6(_)) => checksum::verifies(pseudo(58), payload),
+        _ => true,
+    }
+}
+
+/// A table whose entries are derived from the packet's own tuple `t` (its egress
+/// view; for an ICMP error, the quoted packet's), so that the fuzzer reaches the rewrite
+/// paths, chosen by `selector`'s bits. The same packet read as ingress has the tuple
+/// `t.reversed()`.
+/// - `0x01`: an entry taking `t` elsewhere (egress hits); `0x10` holds it;
+/// - `0x02`: an entry whose *current* is `t` (egress conflicts);
+/// - `0x04`: address mappings from the packet's addresses (egress hits);
+/// - `0x08`: an entry whose current is `t.reversed()` (ingress hits);
+/// - `0x20`: address mappings to the packet's addresses (ingress hits);
+/// - `0x40`: an identity entry (current == original) for `t.reversed()`, held (it
+///   clashes with `0x08`: a refusal);
+/// - `0x80`: an entry whose *original* is `t.reversed()` (ingress conflicts, unless
+///   `0x08` or `0x40` claims that tuple first).
 fn table(selector: u8, pkt: &[u8]) -> TranslationTable {
     let mut table = TranslationTable::new(u64::from(selector));
     let flow = match packet_flow(Direction::Egress, pkt) {
-        Ok(crate::translate::PacketFlow::Transport(t)) => t,
-        _ => Tuple::new(Protocol::Tcp, sock(false, 1, 1000), sock(false, 2, 2000)),
+        Ok(PacketFlow::Transport(t) | PacketFlow::IcmpError(t)) => t,
+        _ => match addresses(pkt) {
+            Some((src, dst)) => Tuple::new(
+                Protocol::Tcp,
+                SocketAddr::new(src, 1000),
+                SocketAddr::new(dst, 2000),
+            ),
+            None => Tuple::new(Protocol::Tcp, sock(false, 1, 1000), sock(false, 2, 2000)),
+        },
     };
-    let v4 = flow.is_ipv4();
-    let current = Tuple::new(
-        flow.protocol,
-        sock(!v4, selector.wrapping_add(100), 3000),
-        sock(!v4, 200, 4000),
-    );
-    let entry = FlowMapping {
-        original: flow,
-        current,
-        hold: selector & 0x10 != 0,
+    let v6 = !flow.is_ipv4();
+    let elsewhere = |n: u8| {
+        Tuple::new(
+            flow.protocol,
+            sock(v6, selector.wrapping_add(n), 3000 + u16::from(n)),
+            sock(v6, 200, 4000),
+        )
     };
-    let reversed = |m: FlowMapping| FlowMapping {
-        original: m.original.reversed(),
-        current: m.current.reversed(),
-        hold: false,
+    let mut install = |c: TableChange| {
+        // Refusals are part of what is fuzzed; they must leave the table as it was.
+        let before = (table.flows(), table.addresses());
+        if table.apply(&c).is_err() {
+            assert_eq!(
+                (table.flows(), table.addresses()),
+                before,
+                "a refused change changes nothing"
+            );
+        }
     };
-    if selector & 1 != 0 {
-        let _ = table.apply(&TableChange::InstallFlow(entry));
+    let flow_entry = |original: Tuple, current: Tuple, hold: bool| {
+        TableChange::InstallFlow(FlowMapping {
+            original,
+            current,
+            hold,
+        })
+    };
+    if selector & 0x01 != 0 {
+        install(flow_entry(flow, elsewhere(100), selector & 0x10 != 0));
     }
-    if selector & 2 != 0 {
-        // An entry whose current is the packet's tuple (egress conflicts, ingress hits).
-        let other = Tuple::new(flow.protocol, sock(!v4, 7, 7), sock(!v4, 8, 8));
-        let _ = table.apply(&TableChange::InstallFlow(FlowMapping {
-            original: other,
-            current: flow,
-            hold: false,
-        }));
+    if selector & 0x02 != 0 {
+        install(flow_entry(elsewhere(1), flow, false));
     }
-    if selector & 4 != 0 {
-        for side in [Side::Local, Side::Remote] {
-            let a = if side == Side::Local {
-                flow.local.ip()
-            } else {
-                flow.remote.ip()
-            };
-            let _ = table.apply(&TableChange::InstallAddress(AddressMapping {
+    if selector & 0x04 != 0 {
+        for (side, a) in [(Side::Local, flow.local.ip()), (Side::Remote, flow.remote.ip())] {
+            install(TableChange::InstallAddress(AddressMapping {
                 side,
                 original: a,
-                current: addr(!v4, selector.wrapping_add(50)),
+                current: addr(v6, selector.wrapping_add(50)),
             }));
         }
     }
-    if selector & 8 != 0 {
-        // Mappings for the reversed direction too, so ingress paths are reached.
-        let _ = table.apply(&TableChange::InstallFlow(reversed(entry)));
+    if selector & 0x08 != 0 {
+        install(flow_entry(elsewhere(2), flow.reversed(), false));
+    }
+    if selector & 0x20 != 0 {
+        for (side, a) in [(Side::Local, flow.remote.ip()), (Side::Remote, flow.local.ip())] {
+            install(TableChange::InstallAddress(AddressMapping {
+                side,
+                original: addr(v6, selector.wrapping_add(60)),
+                current: a,
+            }));
+        }
+    }
+    if selector & 0x40 != 0 {
+        install(flow_entry(flow.reversed(), flow.reversed(), true));
+    }
+    if selector & 0x80 != 0 {
+        install(flow_entry(flow.reversed(), elsewhere(3), false));
     }
     table
+}
+
+/// The source and destination addresses of anything that looks like an IP header.
+fn addresses(pkt: &[u8]) -> Option<(IpAddr, IpAddr)> {
+    match pkt.first()? >> 4 {
+        4 => {
+            let s: [u8; 4] = pkt.get(12..16)?.try_into().ok()?;
+            let d: [u8; 4] = pkt.get(16..20)?.try_into().ok()?;
+            Some((Ipv4Addr::from(s).into(), Ipv4Addr::from(d).into()))
+        }
+        6 => {
+            let s: [u8; 16] = pkt.get(8..24)?.try_into().ok()?;
+            let d: [u8; 16] = pkt.get(24..40)?.try_into().ok()?;
+            Some((Ipv6Addr::from(s).into(), Ipv6Addr::from(d).into()))
+        }
+        _ => None,
+    }
 }
 
 fn addr(v6: bool, n: u8) -> IpAddr {

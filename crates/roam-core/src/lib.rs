@@ -3,6 +3,7 @@
 //! - [`translate`]: the translation primitive (seed 000's local connection translation
 //!   table) and the packet rewriter that applies it to raw IP packets.
 //! - [`endpoint`]: the sans-IO protocol state machine, one per host.
+//! - [`security`]: identities, trust, the Noise handshake, sessions, cookies, limits.
 //! - [`time`]: time as a value; the core never reads a clock.
 //! - [`fuzzing`]: the bodies of the fuzz targets, so that ordinary tests replay the
 //!   committed corpus on stable.
@@ -11,6 +12,7 @@
 pub mod counters;
 pub mod endpoint;
 pub mod fuzzing;
+pub mod security;
 pub mod time;
 pub mod translate;
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use roam_core::translate::{
-    Direction, PacketError, PacketFlow, Protocol, TableError, TranslationTable, Tuple, Verdict, packet_flow,
-    translate,
+    Direction, PacketError, PacketFlow, Protocol, TableChange, TableError, TranslationTable, Tuple, Verdict,
+    packet_flow, translate,
 };
 use roam_core::{DataPlane, DataPlaneCommand, Instant};
 use serde::Serialize;
@@ -23,6 +23,12 @@ pub const HOLD_LIMIT: usize = 2048;
 /// longest outage worth repairing this way (longer ones end in a retransmission
 /// timeout, which resends everything anyway).
 const RESEND_KEEP: Duration = Duration::from_millis(500);
+
+/// How long after a flow's entry changed a UDP datagram under its original tuple is
+/// taken for the old path draining (the mover's last datagrams, seed 001 FIG. 4 step
+/// 404) rather than a new conversation from whoever holds that address now: longer
+/// than any path's delay.
+const UDP_DRAIN: Duration = Duration::from_secs(2);
 const RESEND_BYTES: usize = 2 << 20;
 
 /// Duplicate ACKs a nudge elicits. smoltcp, like RFC 5681, starts fast retransmit on
@@ -41,9 +47,16 @@ pub struct DataPlaneCounters {
     pub conflicts: u64,
     /// Conflicting packets that cannot start a flow (not a SYN, not UDP): dropped.
     pub conflict_drops: u64,
+    /// Packets that arrived under a moved flow's original tuple and were taken for the
+    /// old path draining: delivered as they are.
+    pub drained: u64,
     pub nudges: u64,
     /// Packets sent again after the peer's move (the old path had lost them).
     pub resent: u64,
+    /// Packets held back because their destination had not proven it receives there
+    /// (return routability), and of those, dropped when it never did or the queue was full.
+    pub budget_held: u64,
+    pub budget_dropped: u64,
     pub table_errors: u64,
     /// Packets that did not parse, by reason.
     pub malformed: BTreeMap<&'static str, u64>,
@@ -78,10 +91,30 @@ pub enum Verdicts {
 struct Recent {
     packets: VecDeque<(Instant, Vec<u8>)>,
     bytes: usize,
+    /// The highest acknowledgment number the local stack has sent on this flow.
+    ack: Option<u32>,
+}
+
+/// What may still go to an address that has not echoed its challenge.
+struct Budget {
+    cap: u64,
+    received: u64,
+    sent: u64,
+    /// Translated packets waiting for room (or for validation).
+    held: VecDeque<Vec<u8>>,
+}
+
+impl Budget {
+    fn fits(&self, len: usize) -> bool {
+        self.sent + len as u64 <= self.cap.min(self.received.saturating_mul(3))
+    }
 }
 
 pub struct SimDataPlane {
     table: TranslationTable,
+    /// When each flow entry (by original tuple) last changed.
+    changed_at: BTreeMap<Tuple, Instant>,
+    budgets: BTreeMap<IpAddr, Budget>,
     held: VecDeque<(Tuple, Vec<u8>)>,
     tcp: BTreeMap<Tuple, TcpSeen>,
     recent: BTreeMap<Tuple, Recent>,
@@ -96,6 +129,8 @@ impl SimDataPlane {
     pub fn new(hash_seed: u64) -> SimDataPlane {
         SimDataPlane {
             table: TranslationTable::new(hash_seed),
+            changed_at: BTreeMap::new(),
+            budgets: BTreeMap::new(),
             held: VecDeque::new(),
             tcp: BTreeMap::new(),
             recent: BTreeMap::new(),
@@ -125,13 +160,19 @@ impl SimDataPlane {
         let Some(TransportSlice::Tcp(tcp)) = &s.transport else {
             return;
         };
-        if tcp.payload().is_empty() && !tcp.fin() {
-            return;
-        }
         let Ok(PacketFlow::Transport(t)) = packet_flow(Direction::Egress, pkt) else {
             return;
         };
         let r = self.recent.entry(t).or_default();
+        if tcp.ack() {
+            let a = tcp.acknowledgment_number();
+            if r.ack.is_none_or(|old| serial_gt(a, old)) {
+                r.ack = Some(a);
+            }
+        }
+        if tcp.payload().is_empty() && !tcp.fin() {
+            return;
+        }
         r.bytes += pkt.len();
         r.packets.push_back((self.now, pkt.to_vec()));
         while let Some((at, p)) = r.packets.front() {
@@ -153,9 +194,9 @@ impl SimDataPlane {
         match translate(&self.table, Direction::Egress, &mut pkt) {
             Ok(Verdict::Translated) => {
                 self.counters.egress_translated += 1;
-                Verdicts::Forward(pkt)
+                self.within_budget(pkt, true)
             }
-            Ok(Verdict::Untouched) => Verdicts::Forward(pkt),
+            Ok(Verdict::Untouched) => self.within_budget(pkt, false),
             Ok(Verdict::Hold) => {
                 if self.held.len() >= HOLD_LIMIT {
                     self.counters.hold_overflow += 1;
@@ -178,8 +219,56 @@ impl SimDataPlane {
         }
     }
 
+    /// Return routability (RFC 9000 §8.1 in spirit): to an address that has not echoed
+    /// its challenge, at most `cap` and three times what came from it; the rest waits.
+    /// Only moved flows' packets (`translated`) wait: anything else to that address
+    /// (the endpoint's own control messages, which it budgets itself) counts against
+    /// the budget but is never held behind data.
+    fn within_budget(&mut self, pkt: Vec<u8>, translated: bool) -> Verdicts {
+        let Some((_, dst)) = crate::net::ip_addrs(&pkt) else {
+            return Verdicts::Forward(pkt);
+        };
+        let Some(b) = self.budgets.get_mut(&dst) else {
+            return Verdicts::Forward(pkt);
+        };
+        // A bare TCP acknowledgment amplifies nothing (at most one per segment that
+        // came in): it goes at once, counted, so the peer's sender is not stalled for
+        // the round trip the validation takes.
+        if !translated || is_bare_ack(&pkt) {
+            b.sent += pkt.len() as u64;
+            return Verdicts::Forward(pkt);
+        }
+        if b.held.is_empty() && b.fits(pkt.len()) {
+            b.sent += pkt.len() as u64;
+            return Verdicts::Forward(pkt);
+        }
+        if b.held.len() >= HOLD_LIMIT {
+            self.counters.budget_dropped += 1;
+            return Verdicts::Dropped;
+        }
+        self.counters.budget_held += 1;
+        b.held.push_back(pkt);
+        Verdicts::Held
+    }
+
+    /// What came from `src` raises its budget: send what now fits.
+    fn credit(&mut self, src: IpAddr, len: usize) {
+        let Some(b) = self.budgets.get_mut(&src) else {
+            return;
+        };
+        b.received += len as u64;
+        while b.held.front().is_some_and(|p| b.fits(p.len())) {
+            let p = b.held.pop_front().expect("checked");
+            b.sent += p.len() as u64;
+            self.to_wire.push(p);
+        }
+    }
+
     /// A packet from the wire on its way to the local stack.
     pub fn ingress(&mut self, mut pkt: Vec<u8>) -> Verdicts {
+        if let Some((src, _)) = crate::net::ip_addrs(&pkt) {
+            self.credit(src, pkt.len());
+        }
         match translate(&self.table, Direction::Ingress, &mut pkt) {
             Ok(v @ (Verdict::Translated | Verdict::Untouched | Verdict::Hold)) => {
                 if matches!(v, Verdict::Translated) {
@@ -188,12 +277,34 @@ impl SimDataPlane {
                 self.observe_tcp(&pkt);
                 Verdicts::Forward(pkt)
             }
-            Ok(Verdict::Conflict(t)) => self.conflict(t, pkt),
+            Ok(Verdict::Conflict(t)) => self.ingress_conflict(t, pkt),
             Err(e) => {
                 self.malformed(&e);
                 Verdicts::Dropped
             }
         }
+    }
+
+    /// A packet under a moved flow's original tuple: the old path draining, or a new
+    /// conversation from whoever holds the peer's old address now (seed 000 ¶0067).
+    /// A TCP SYN is the latter; any other TCP segment is taken for the former (a third
+    /// host could not get into the connection without its sequence numbers); a UDP
+    /// datagram is the former shortly after the move, the latter afterwards.
+    fn ingress_conflict(&mut self, t: Tuple, pkt: Vec<u8>) -> Verdicts {
+        let draining = match SlicedPacket::from_ip(&pkt).ok().and_then(|s| s.transport) {
+            Some(TransportSlice::Tcp(tcp)) => !tcp.syn() || tcp.ack(),
+            Some(TransportSlice::Udp(_)) => self
+                .changed_at
+                .get(&t)
+                .is_some_and(|at| self.now - *at <= UDP_DRAIN),
+            _ => false,
+        };
+        if draining {
+            self.counters.drained += 1;
+            self.observe_tcp(&pkt);
+            return Verdicts::Forward(pkt);
+        }
+        self.conflict(t, pkt)
     }
 
     /// Seed 000 ¶0069: only a packet that can open a connection (a TCP SYN, any UDP
@@ -314,9 +425,14 @@ impl SimDataPlane {
 
     /// Sends again, to the flow's new current tuple, every remembered segment the peer
     /// has not acknowledged: go-back-N from the last cumulative ACK seen.
+    ///
+    /// Each copy carries the stack's latest acknowledgment, as a retransmission by the
+    /// stack itself would: a receiver may discard a segment whose ACK field is older
+    /// than what it has since had acknowledged (smoltcp does), data and all.
     fn resend(&mut self, flow: &Tuple) {
         let Some(r) = self.recent.get(flow) else { return };
         let acked = self.tcp.get(flow).and_then(|s| s.peer_ack);
+        let latest = r.ack;
         let again: Vec<Vec<u8>> = r
             .packets
             .iter()
@@ -324,7 +440,13 @@ impl SimDataPlane {
                 (Some(a), Some(end)) => serial_gt(end, a),
                 _ => true,
             })
-            .map(|(_, p)| p.clone())
+            .map(|(_, p)| {
+                let mut p = p.clone();
+                if let Some(a) = latest {
+                    set_ack(&mut p, a);
+                }
+                p
+            })
             .collect();
         for p in again {
             if let Verdicts::Forward(p) = self.translate_egress(p) {
@@ -351,6 +473,15 @@ impl DataPlane for SimDataPlane {
                     self.counters.table_errors += 1;
                     return Err(e);
                 }
+                match change {
+                    TableChange::InstallFlow(m) => {
+                        self.changed_at.insert(m.original, self.now);
+                    }
+                    TableChange::RemoveFlow { original } => {
+                        self.changed_at.remove(original);
+                    }
+                    _ => {}
+                }
                 self.release();
             }
             DataPlaneCommand::Nudge {
@@ -358,9 +489,63 @@ impl DataPlane for SimDataPlane {
                 fast_retransmit,
             } => self.nudge(original, *fast_retransmit),
             DataPlaneCommand::Resend { original } => self.resend(original),
+            DataPlaneCommand::Unvalidated {
+                remote,
+                cap,
+                received,
+            } => {
+                self.budgets.entry(*remote).or_insert(Budget {
+                    cap: *cap,
+                    received: *received,
+                    sent: 0,
+                    held: VecDeque::new(),
+                });
+            }
+            DataPlaneCommand::Validated { remote } => {
+                if let Some(b) = self.budgets.remove(remote) {
+                    self.to_wire.extend(b.held);
+                }
+            }
+            DataPlaneCommand::Unreachable { remote } => {
+                if let Some(b) = self.budgets.remove(remote) {
+                    self.counters.budget_dropped += b.held.len() as u64;
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// A TCP segment with no data and no SYN or FIN: an acknowledgment only.
+fn is_bare_ack(pkt: &[u8]) -> bool {
+    let Ok(s) = SlicedPacket::from_ip(pkt) else {
+        return false;
+    };
+    matches!(&s.transport, Some(TransportSlice::Tcp(t)) if t.payload().is_empty() && !t.syn() && !t.fin() && !t.rst())
+}
+
+/// Rewrites a TCP segment's acknowledgment number (if it has the ACK flag), keeping its
+/// checksum right (RFC 1624).
+fn set_ack(pkt: &mut [u8], ack: u32) {
+    let off = {
+        let Ok(s) = SlicedPacket::from_ip(pkt) else { return };
+        let Some(TransportSlice::Tcp(tcp)) = &s.transport else {
+            return;
+        };
+        if !tcp.ack() {
+            return;
+        }
+        // The TCP slice runs to the end of the packet.
+        pkt.len() - tcp.slice().len()
+    };
+    let old: [u8; 4] = pkt[off + 8..off + 12]
+        .try_into()
+        .expect("a TCP header has 20 bytes");
+    let new = ack.to_be_bytes();
+    let hc = u16::from_be_bytes([pkt[off + 16], pkt[off + 17]]);
+    let hc = roam_core::translate::checksum::update(hc, &old, &new);
+    pkt[off + 8..off + 12].copy_from_slice(&new);
+    pkt[off + 16..off + 18].copy_from_slice(&hc.to_be_bytes());
 }
 
 /// The sequence number just past a TCP segment (data and FIN).

@@ -115,6 +115,8 @@ pub struct Host {
     /// Runs roam.
     pub roam: bool,
     pub move_message: roam_core::MoveMessage,
+    /// The hosts whose keys it trusts (`None`: every roam host's).
+    pub trusts: Option<Vec<String>>,
 }
 
 /// Who sends in a phase of a TCP session.
@@ -377,6 +379,8 @@ struct HostSpec {
     roam: bool,
     #[serde(default)]
     move_message: roam_core::MoveMessage,
+    /// Hosts whose keys it trusts (default: every roam host's).
+    trusts: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -626,7 +630,16 @@ impl Scenario {
                 id,
                 roam: h.roam,
                 move_message: h.move_message,
+                trusts: None,
             });
+        }
+        for (h, spec) in hosts.iter_mut().zip(&spec.hosts) {
+            if let Some(t) = &spec.trusts {
+                for name in t {
+                    src.lookup(&host_names, "host", name)?;
+                }
+                h.trusts = Some(t.iter().map(|n| n.get_ref().clone()).collect());
+            }
         }
         // Two hosts on one subnet with one address would make delivery ambiguous.
         for (i, h) in hosts.iter().enumerate() {

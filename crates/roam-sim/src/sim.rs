@@ -17,6 +17,7 @@ use pcap_file::DataLink;
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
+use roam_core::security::{StaticKey, Trust};
 use roam_core::{Config, Endpoint, Event, Input, Instant};
 use roam_wire::NodeId;
 use sha2::{Digest, Sha256};
@@ -48,15 +49,17 @@ pub enum SimError {
     Family(String, Family),
 }
 
-/// The pre-shared key of simulated roam hosts (until the security layer's handshake).
-fn sim_psk() -> [u8; 32] {
-    Sha256::digest(b"roam simulator pre-shared key").into()
+/// A simulated host's long-term key, derived from its name (so runs replay).
+pub fn key_for(name: &str) -> StaticKey {
+    let mut h = Sha256::new();
+    h.update(b"roam simulator host key ");
+    h.update(name.as_bytes());
+    StaticKey::from_bytes(h.finalize().into())
 }
 
-/// Seed 001 FIG. 5: the identifier cookie from a one-way hash of the host's name.
+/// A simulated host's identifier cookie (from its key, as on a real host).
 pub fn node_id_for(name: &str) -> NodeId {
-    let h = Sha256::digest(name.as_bytes());
-    NodeId::from_low_bits(u64::from_be_bytes(h[..8].try_into().expect("8 bytes")))
+    key_for(name).public().node_id()
 }
 
 enum Ev {
@@ -122,13 +125,20 @@ impl<'s> Sim<'s> {
         }
         let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
         let family = opts.family;
+        // Every roam host trusts the keys of the roam hosts the scenario says it trusts
+        // (by default, all of them).
         let hosts: Vec<SimHost> = sc
             .hosts
             .iter()
             .map(|h| {
                 let host_seed = rng.next_u64();
                 let agent = h.roam.then(|| {
-                    let mut cfg = Config::new(node_id_for(&h.name), sim_psk());
+                    let trusted = sc
+                        .hosts
+                        .iter()
+                        .filter(|o| o.roam && h.trusts.as_ref().is_none_or(|t| t.contains(&o.name)))
+                        .map(|o| (key_for(&o.name).public(), o.name.clone()));
+                    let mut cfg = Config::new(key_for(&h.name), Trust::keys(trusted));
                     cfg.move_message = h.move_message;
                     let ep_rng = ChaCha8Rng::seed_from_u64(rng.next_u64());
                     Endpoint::new(cfg, Box::new(ep_rng))
@@ -669,6 +679,7 @@ impl<'s> Sim<'s> {
                 };
             if applies && net::unit(&mut self.rng) < l.probability {
                 self.net.lost += 1;
+                tracing::trace!(target: "roam_sim::wire", host = %self.hosts[h].name, now = %self.now, "{}: lost by a loss rule", describe_packet(pkt));
                 return true;
             }
         }

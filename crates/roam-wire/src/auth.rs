@@ -1,50 +1,49 @@
-//! The authentication extension's MAC (seed 001 FIG. 6): HMAC-SHA-256 (RFC 2104,
-//! FIPS 180-4) under a key chosen by the SPI. Until the security layer's key exchange
-//! exists the key is a configured pre-shared key; a message is never sent without one.
+//! Message protection: ChaCha20-Poly1305 (RFC 8439) under a session key from the Noise
+//! handshake's split, as Noise transport messages use it, with the message's header as
+//! associated data. No hand-made cryptography: the AEAD is RustCrypto's.
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
 
-/// Length of the MAC carried in the authentication extension.
-pub const MAC_LEN: usize = 32;
+/// Length of the AEAD tag carried in the authentication extension.
+pub const TAG_LEN: usize = 16;
 
-type HmacSha256 = Hmac<Sha256>;
-
-/// A key and the security parameter index that names it.
+/// A session key for one direction of one session.
 #[derive(Clone)]
-pub struct AuthKey {
-    spi: u32,
-    key: [u8; 32],
+pub struct SessionKey([u8; 32]);
+
+impl SessionKey {
+    pub fn new(key: [u8; 32]) -> SessionKey {
+        SessionKey(key)
+    }
+
+    /// Noise's nonce encoding for ChaChaPoly (Noise spec §12.3): 32 zero bits, then the
+    /// 64-bit counter little-endian.
+    fn nonce(counter: u64) -> Nonce {
+        let mut n = [0u8; 12];
+        n[4..].copy_from_slice(&counter.to_le_bytes());
+        Nonce::from(n)
+    }
+
+    pub(crate) fn seal(&self, counter: u64, ad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
+        let aead = ChaCha20Poly1305::new((&self.0).into());
+        let tag = aead
+            .encrypt_in_place_detached(&Self::nonce(counter), ad, buf)
+            .expect("ChaCha20-Poly1305 seals any buffer shorter than 2^38 bytes");
+        tag.into()
+    }
+
+    /// Decrypts in place; `false` (and `buf` unspecified) if the tag does not verify.
+    pub(crate) fn open(&self, counter: u64, ad: &[u8], buf: &mut [u8], tag: &[u8; TAG_LEN]) -> bool {
+        let aead = ChaCha20Poly1305::new((&self.0).into());
+        aead.decrypt_in_place_detached(&Self::nonce(counter), ad, buf, Tag::from_slice(tag))
+            .is_ok()
+    }
 }
 
-impl AuthKey {
-    pub fn new(spi: u32, key: [u8; 32]) -> AuthKey {
-        AuthKey { spi, key }
-    }
-
-    pub fn spi(&self) -> u32 {
-        self.spi
-    }
-
-    pub(crate) fn mac(&self, data: &[u8]) -> [u8; MAC_LEN] {
-        let mut m = HmacSha256::new_from_slice(&self.key).expect("HMAC takes keys of any length");
-        m.update(data);
-        m.finalize().into_bytes().into()
-    }
-
-    /// Constant-time check (the `hmac` crate compares in constant time).
-    pub(crate) fn verify(&self, data: &[u8], tag: &[u8]) -> bool {
-        let mut m = HmacSha256::new_from_slice(&self.key).expect("HMAC takes keys of any length");
-        m.update(data);
-        m.verify_slice(tag).is_ok()
-    }
-}
-
-impl std::fmt::Debug for AuthKey {
+impl std::fmt::Debug for SessionKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key material.
-        f.debug_struct("AuthKey")
-            .field("spi", &self.spi)
-            .finish_non_exhaustive()
+        f.write_str("SessionKey(..)")
     }
 }

@@ -23,13 +23,17 @@ pub enum DecodeError {
     UnknownExtension(u8),
     #[error("malformed {ext} extension: {why}")]
     MalformedExtension { ext: &'static str, why: &'static str },
-    #[error("the authentication extension is missing")]
+    #[error("the authentication extension is missing or malformed")]
     MissingAuthentication,
+    #[error("{0} must be sealed")]
+    Unsealed(&'static str),
+    #[error("{0} is a handshake message and travels in clear")]
+    SealedHandshake(&'static str),
     #[error("the authentication extension is not the last extension")]
     AuthenticationNotLast,
     #[error("no key for security parameter index {0:#010x}")]
     UnknownSpi(u32),
-    #[error("message authentication code does not verify")]
+    #[error("the authentication tag does not verify")]
     BadMac,
     #[error("{msg} requires {what}")]
     MissingExtension { msg: &'static str, what: &'static str },
@@ -51,6 +55,8 @@ impl DecodeError {
             DecodeError::UnknownExtension(_) => "unknown_extension",
             DecodeError::MalformedExtension { .. } => "malformed_extension",
             DecodeError::MissingAuthentication => "missing_auth",
+            DecodeError::Unsealed(_) => "unsealed",
+            DecodeError::SealedHandshake(_) => "sealed_handshake",
             DecodeError::AuthenticationNotLast => "auth_not_last",
             DecodeError::UnknownSpi(_) => "unknown_spi",
             DecodeError::BadMac => "bad_mac",
@@ -78,4 +84,8 @@ pub enum EncodeError {
     Invalid(DecodeError),
     #[error("identifier {0:#x} does not fit in 48 bits")]
     NodeIdTooLarge(u64),
+    #[error("{0} must be sealed under a session key")]
+    MustBeSealed(crate::MessageType),
+    #[error("{0} is a handshake message: it is sent in clear")]
+    HandshakeNotSealed(crate::MessageType),
 }

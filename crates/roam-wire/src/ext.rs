@@ -34,6 +34,34 @@ pub enum ExtensionType {
     Capabilities = 5,
     /// A node's identifier cookie other than the sender's (e.g. who moved, in Notify).
     Identity = 6,
+    /// Return routability: 16 unpredictable bytes to echo.
+    Challenge = 7,
+    /// A Noise handshake message.
+    Noise = 8,
+    /// The session index the sender wants to be reached by (the SPI of messages to it).
+    SenderIndex = 9,
+    /// The session index of the receiver this message is for.
+    ReceiverIndex = 10,
+    /// A cookie proving the initiator receives at its source address.
+    Cookie = 11,
+}
+
+impl ExtensionType {
+    pub fn name(self) -> &'static str {
+        match self {
+            ExtensionType::Authentication => "an authentication extension",
+            ExtensionType::Migration => "a migration extension",
+            ExtensionType::Opaque => "an opaque extension",
+            ExtensionType::Locator => "a locator",
+            ExtensionType::Capabilities => "a capabilities extension",
+            ExtensionType::Identity => "an identity extension",
+            ExtensionType::Challenge => "a challenge",
+            ExtensionType::Noise => "a Noise message",
+            ExtensionType::SenderIndex => "a sender index",
+            ExtensionType::ReceiverIndex => "a receiver index",
+            ExtensionType::Cookie => "a cookie",
+        }
+    }
 }
 
 /// Seed 001 FIG. 7 "Proto Flags": bit 0 TCP, bit 1 UDP; zero means every protocol.
@@ -142,9 +170,15 @@ impl Migration {
     pub fn peer(&self) -> SocketAddr {
         self.peer
     }
-    /// Whether this migration names every flow from `original`'s address rather than one.
+    /// Whether this migration may name more than one flow. It names exactly one flow only
+    /// with exactly one protocol flag, non-zero original and peer ports and a specified
+    /// peer address (docs/PROTOCOL.md, "Migration"; the endpoint matches flows so).
     pub fn is_wildcard(&self) -> bool {
-        self.original.port() == 0 || self.peer.port() == 0 || self.protocols == ProtoFlags::ALL
+        let one_protocol = self.protocols == ProtoFlags::TCP || self.protocols == ProtoFlags::UDP;
+        !(one_protocol
+            && self.original.port() != 0
+            && self.peer.port() != 0
+            && !self.peer.ip().is_unspecified())
     }
 
     fn body_len(&self) -> usize {
@@ -324,6 +358,11 @@ pub enum Extension {
     Locator(Locator),
     Capabilities(Capabilities),
     Identity(NodeId),
+    Challenge([u8; 16]),
+    Noise(Vec<u8>),
+    SenderIndex(u32),
+    ReceiverIndex(u32),
+    Cookie([u8; 16]),
     /// An optional extension (type >= 128) this version does not know; kept verbatim.
     Unknown {
         ext_type: u8,
@@ -339,6 +378,11 @@ impl Extension {
             Extension::Locator(_) => ExtensionType::Locator as u8,
             Extension::Capabilities(_) => ExtensionType::Capabilities as u8,
             Extension::Identity(_) => ExtensionType::Identity as u8,
+            Extension::Challenge(_) => ExtensionType::Challenge as u8,
+            Extension::Noise(_) => ExtensionType::Noise as u8,
+            Extension::SenderIndex(_) => ExtensionType::SenderIndex as u8,
+            Extension::ReceiverIndex(_) => ExtensionType::ReceiverIndex as u8,
+            Extension::Cookie(_) => ExtensionType::Cookie as u8,
             Extension::Unknown { ext_type, .. } => *ext_type,
         }
     }
@@ -350,6 +394,9 @@ impl Extension {
             Extension::Locator(l) => 4 + addr_len(l.addr.ip()),
             Extension::Capabilities(_) => 4,
             Extension::Identity(_) => 8,
+            Extension::Challenge(_) | Extension::Cookie(_) => 16,
+            Extension::Noise(n) => n.len(),
+            Extension::SenderIndex(_) | Extension::ReceiverIndex(_) => 4,
             Extension::Unknown { body, .. } => body.len(),
         }
     }
@@ -368,6 +415,11 @@ impl Extension {
             Extension::Identity(id) => {
                 out.extend_from_slice(&id.get().to_be_bytes()[2..8]);
                 out.extend_from_slice(&[0, 0]);
+            }
+            Extension::Challenge(b) | Extension::Cookie(b) => out.extend_from_slice(b),
+            Extension::Noise(n) => out.extend_from_slice(n),
+            Extension::SenderIndex(i) | Extension::ReceiverIndex(i) => {
+                out.extend_from_slice(&i.to_be_bytes())
             }
             Extension::Unknown { body, .. } => out.extend_from_slice(body),
         }
@@ -414,6 +466,38 @@ impl Extension {
                 let mut v = [0u8; 8];
                 v[2..8].copy_from_slice(&b[..6]);
                 Extension::Identity(NodeId::from_low_bits(u64::from_be_bytes(v)))
+            }
+            7 | 11 => {
+                let b: [u8; 16] = body.try_into().map_err(|_| DecodeError::MalformedExtension {
+                    ext: if ext_type == 7 { "challenge" } else { "cookie" },
+                    why: "length is not 16",
+                })?;
+                if ext_type == 7 {
+                    Extension::Challenge(b)
+                } else {
+                    Extension::Cookie(b)
+                }
+            }
+            8 => {
+                if body.is_empty() {
+                    return Err(DecodeError::MalformedExtension {
+                        ext: "noise",
+                        why: "empty",
+                    });
+                }
+                Extension::Noise(body.to_vec())
+            }
+            9 | 10 => {
+                let b: [u8; 4] = body.try_into().map_err(|_| DecodeError::MalformedExtension {
+                    ext: "index",
+                    why: "length is not 4",
+                })?;
+                let i = u32::from_be_bytes(b);
+                if ext_type == 9 {
+                    Extension::SenderIndex(i)
+                } else {
+                    Extension::ReceiverIndex(i)
+                }
             }
             t if t >= 128 => Extension::Unknown {
                 ext_type: t,

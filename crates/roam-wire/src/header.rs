@@ -3,7 +3,7 @@
 //! ```text
 //!  0       1       2       3       4       5       6       7
 //! +-------+-------+-------+-------+---------------+---------------+
-//! |Version| Type  | Flags | Rsvd  |  Sequence #   | Total Length  |
+//! |Version| Type  | Flags | HFlags|  Sequence #   | Total Length  |
 //! +-------+-------+-------+-------+---------------+---------------+
 //! |          Identifier cookie (48 bits)          |   Reserved    |
 //! +-----------------------------------------------+---------------+
@@ -52,10 +52,22 @@ pub enum MessageType {
     Termination = 13,
     /// Acknowledges a Termination, so it can be sent reliably.
     TerminationAck = 14,
+    /// Return routability: sent to a peer's new address, which must echo it.
+    PathChallenge = 15,
+    /// The echo of a Path Challenge, from the address it was sent to.
+    PathResponse = 16,
+    /// Noise XX message 1 (-> e), from the initiator.
+    HandshakeInit = 0x40,
+    /// Noise XX message 2 (<- e, ee, s, es), from the responder.
+    HandshakeResponse = 0x41,
+    /// Noise XX message 3 (-> s, se), from the initiator.
+    HandshakeFinish = 0x42,
+    /// The responder is under load: retry the Handshake Init with this cookie.
+    CookieReply = 0x43,
 }
 
 impl MessageType {
-    pub const ALL: [MessageType; 14] = [
+    pub const ALL: [MessageType; 20] = [
         MessageType::RegistrationRequest,
         MessageType::RegistrationReply,
         MessageType::MigrationRequest,
@@ -70,10 +82,16 @@ impl MessageType {
         MessageType::MigrationCompleted,
         MessageType::Termination,
         MessageType::TerminationAck,
+        MessageType::PathChallenge,
+        MessageType::PathResponse,
+        MessageType::HandshakeInit,
+        MessageType::HandshakeResponse,
+        MessageType::HandshakeFinish,
+        MessageType::CookieReply,
     ];
 
-    /// Handshake messages of the security layer will use these codes.
-    pub const RESERVED_HANDSHAKE: std::ops::RangeInclusive<u8> = 0x40..=0x4f;
+    /// Codes kept for future handshake messages.
+    pub const RESERVED_HANDSHAKE: std::ops::RangeInclusive<u8> = 0x44..=0x4f;
 
     pub fn from_u8(v: u8) -> Result<MessageType, DecodeError> {
         MessageType::ALL.iter().copied().find(|t| *t as u8 == v).ok_or(
@@ -101,7 +119,25 @@ impl MessageType {
             MessageType::MigrationCompleted => "Migration Completed",
             MessageType::Termination => "Termination",
             MessageType::TerminationAck => "Termination Ack",
+            MessageType::PathChallenge => "Path Challenge",
+            MessageType::PathResponse => "Path Response",
+            MessageType::HandshakeInit => "Handshake Init",
+            MessageType::HandshakeResponse => "Handshake Response",
+            MessageType::HandshakeFinish => "Handshake Finish",
+            MessageType::CookieReply => "Cookie Reply",
         }
+    }
+
+    /// Handshake messages travel in clear (the Noise handshake authenticates itself);
+    /// every other message is sealed under a session key.
+    pub fn is_handshake(self) -> bool {
+        matches!(
+            self,
+            MessageType::HandshakeInit
+                | MessageType::HandshakeResponse
+                | MessageType::HandshakeFinish
+                | MessageType::CookieReply
+        )
     }
 
     /// Whether this type answers a request (its Flags/Codes byte is a [`ReplyCode`]
@@ -114,6 +150,8 @@ impl MessageType {
                 | MessageType::ConnectionUpdateAck
                 | MessageType::MigrationCompleted
                 | MessageType::TerminationAck
+                | MessageType::PathResponse
+                | MessageType::HandshakeResponse
         )
     }
 }
@@ -178,8 +216,14 @@ impl fmt::Display for NodeId {
     }
 }
 
-/// The common header. `length` is not stored: it is computed when encoding and
-/// checked when decoding.
+/// Bits of the header-flags byte (offset 3).
+pub mod header_flags {
+    /// Everything between the header and the authentication extension is ciphertext.
+    pub const PROTECTED: u8 = 0x01;
+}
+
+/// The common header. `length` and the header-flags byte are not stored: they are
+/// computed when encoding and checked when decoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
     pub msg_type: MessageType,
@@ -189,8 +233,9 @@ pub struct Header {
     pub sequence: u16,
     /// The sender's identifier cookie.
     pub sender: NodeId,
-    /// Strictly increasing per sender (seed 001: "based on a timestamp or a random
-    /// value to protect against replay attacks"); receivers keep a sliding window.
+    /// Strictly increasing per sender and session (seed 001: "based on a timestamp or a
+    /// random value to protect against replay attacks"): the AEAD nonce of a sealed
+    /// message; receivers keep a sliding window.
     pub replay_id: u64,
 }
 
@@ -205,11 +250,11 @@ impl Header {
         }
     }
 
-    pub(crate) fn write(&self, out: &mut Vec<u8>, total_len: u16) {
+    pub(crate) fn write(&self, out: &mut Vec<u8>, total_len: u16, header_flags: u8) {
         out.push(VERSION);
         out.push(self.msg_type as u8);
         out.push(self.flags);
-        out.push(0);
+        out.push(header_flags);
         out.extend_from_slice(&self.sequence.to_be_bytes());
         out.extend_from_slice(&total_len.to_be_bytes());
         out.extend_from_slice(&self.sender.0.to_be_bytes()[2..8]);
@@ -217,8 +262,9 @@ impl Header {
         out.extend_from_slice(&self.replay_id.to_be_bytes());
     }
 
-    /// Parses the header and checks the length field against `bytes.len()`.
-    pub(crate) fn parse(bytes: &[u8]) -> Result<Header, DecodeError> {
+    /// Parses the header and checks the length field against `bytes.len()`; also returns
+    /// the header-flags byte.
+    pub(crate) fn parse(bytes: &[u8]) -> Result<(Header, u8), DecodeError> {
         let Some(h) = bytes.first_chunk::<HEADER_LEN>() else {
             return Err(DecodeError::Truncated {
                 len: bytes.len(),
@@ -229,7 +275,7 @@ impl Header {
             return Err(DecodeError::Version(h[0]));
         }
         let msg_type = MessageType::from_u8(h[1])?;
-        if h[3] != 0 || h[14] != 0 || h[15] != 0 {
+        if h[3] & !header_flags::PROTECTED != 0 || h[14] != 0 || h[15] != 0 {
             return Err(DecodeError::ReservedBits);
         }
         let length = u16::from_be_bytes([h[6], h[7]]) as usize;
@@ -243,12 +289,15 @@ impl Header {
         id[2..8].copy_from_slice(&h[8..14]);
         let mut replay = [0u8; 8];
         replay.copy_from_slice(&h[16..24]);
-        Ok(Header {
-            msg_type,
-            flags: h[2],
-            sequence: u16::from_be_bytes([h[4], h[5]]),
-            sender: NodeId(u64::from_be_bytes(id)),
-            replay_id: u64::from_be_bytes(replay),
-        })
+        Ok((
+            Header {
+                msg_type,
+                flags: h[2],
+                sequence: u16::from_be_bytes([h[4], h[5]]),
+                sender: NodeId(u64::from_be_bytes(id)),
+                replay_id: u64::from_be_bytes(replay),
+            },
+            h[3],
+        ))
     }
 }

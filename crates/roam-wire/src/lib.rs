@@ -6,8 +6,10 @@
 //! and a 64-bit replay-protect ID, followed by typed extensions (authentication,
 //! migration, opaque data, and roam's own). The message types are seed 000's (Connection
 //! Update, Update-Ack, Update-Request, Subscribe, Publish, Notify), seed 001's
-//! (Registration and Migration Request/Reply) and seed 003's (Address Change, Migration
-//! Completed, Termination). `docs/PROTOCOL.md` specifies every byte.
+//! (Registration and Migration Request/Reply), seed 003's (Address Change, Migration
+//! Completed, Termination), and roam's handshake and return-routability messages.
+//! Handshake messages travel in clear; every other message is sealed (AEAD) under a
+//! session key. `docs/PROTOCOL.md` specifies every byte.
 //!
 //! Decoding is total: any byte string gives a [`Message`] or a typed [`DecodeError`].
 #![forbid(unsafe_code)]
@@ -19,14 +21,14 @@ pub mod fuzzing;
 mod header;
 mod message;
 
-pub use auth::{AuthKey, MAC_LEN};
+pub use auth::{SessionKey, TAG_LEN};
 pub use error::{DecodeError, EncodeError};
 pub use ext::{
     Capabilities, Extension, ExtensionType, Locator, LocatorRole, Migration, MigrationStatus, Opaque,
     ProtoFlags,
 };
-pub use header::{HEADER_LEN, Header, MessageType, NodeId, ReplyCode, VERSION};
-pub use message::{Frame, Message};
+pub use header::{HEADER_LEN, Header, MessageType, NodeId, ReplyCode, VERSION, header_flags};
+pub use message::{Frame, Message, decode_extensions, encode_extensions};
 
 /// The largest control datagram roam sends: the IPv6 minimum MTU (1280) less the IPv6
 /// and UDP headers, so a control message is never fragmented (RFC 8200 §5).

@@ -1,16 +1,26 @@
-//! A whole control message: header, extensions, and the authentication extension last.
+//! A whole control message: header and extensions, in one of two framings.
+//!
+//! - **Handshake messages** (Handshake Init/Response/Finish, Cookie Reply) travel in
+//!   clear: header, then extensions. The Noise handshake they carry authenticates them.
+//! - **Every other message is sealed**: header (header flag PROTECTED), then the
+//!   extensions encrypted with ChaCha20-Poly1305 under a session key, then the
+//!   authentication extension (seed 001 FIG. 6) in clear, last: the SPI (the receiver's
+//!   session index) and the AEAD tag. The header, the authentication extension's prefix
+//!   and the SPI are the associated data; the Replay Protect ID is the nonce.
 
-use crate::auth::{AuthKey, MAC_LEN};
+use crate::auth::{SessionKey, TAG_LEN};
 use crate::error::{DecodeError, EncodeError};
 use crate::ext::{EXT_HEADER_LEN, Extension, ExtensionType, Locator, LocatorRole, Migration};
-use crate::header::{HEADER_LEN, Header, MessageType};
+use crate::header::{HEADER_LEN, Header, MessageType, header_flags};
 
-/// Body of the authentication extension: SPI (4 bytes) then the MAC.
-const AUTH_BODY_LEN: usize = 4 + MAC_LEN;
+/// Body of the authentication extension: SPI (4 bytes) then the AEAD tag.
+const AUTH_BODY_LEN: usize = 4 + TAG_LEN;
 /// The authentication extension with its TLV prefix.
-const AUTH_EXT_LEN: usize = EXT_HEADER_LEN + AUTH_BODY_LEN;
+pub(crate) const AUTH_EXT_LEN: usize = EXT_HEADER_LEN + AUTH_BODY_LEN;
+/// Header, authentication prefix and SPI: the associated data of a sealed message.
+const AD_LEN: usize = HEADER_LEN + EXT_HEADER_LEN + 4;
 
-/// A decoded, authenticated control message (or one about to be encoded).
+/// A decoded control message (or one about to be encoded).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
     pub header: Header,
@@ -60,52 +70,102 @@ impl Message {
         })
     }
 
-    /// Encoded length in bytes, authentication included.
+    /// The first extension `f` picks.
+    pub fn find<T>(&self, f: impl Fn(&Extension) -> Option<T>) -> Option<T> {
+        self.extensions.iter().find_map(f)
+    }
+
+    /// Encoded length in bytes, authentication included where the type is sealed.
     pub fn encoded_len(&self) -> usize {
         HEADER_LEN
-            + self
-                .extensions
-                .iter()
-                .map(|e| EXT_HEADER_LEN + e.body_len())
-                .sum::<usize>()
-            + AUTH_EXT_LEN
+            + extensions_len(&self.extensions)
+            + if self.header.msg_type.is_handshake() {
+                0
+            } else {
+                AUTH_EXT_LEN
+            }
     }
 
     /// Checks the extensions this message type requires and allows (docs/PROTOCOL.md,
-    /// "Extensions by message type").
+    /// "Message types").
     pub fn validate(&self) -> Result<(), DecodeError> {
         let t = self.header.msg_type;
-        let mut migrations = 0usize;
-        let mut caps = 0usize;
-        let mut idents = 0usize;
+        let msg = t.name();
+        let mut count = [0usize; 16];
         let mut roles = [0usize; 6];
         for e in &self.extensions {
             match e {
-                Extension::Migration(_) => migrations += 1,
-                Extension::Capabilities(_) => caps += 1,
-                Extension::Identity(_) => idents += 1,
                 Extension::Locator(l) => roles[l.role as usize] += 1,
+                // An unknown extension must have an optional type: a mandatory code would be
+                // refused by the receiver, or decoded as another extension.
+                Extension::Unknown { ext_type, .. } if *ext_type < 128 => {
+                    return Err(DecodeError::MalformedExtension {
+                        ext: "unknown",
+                        why: "type is mandatory (below 128)",
+                    });
+                }
+                // The decoder refuses an empty Noise message; so does the encoder.
+                Extension::Noise(n) if n.is_empty() => {
+                    return Err(DecodeError::MalformedExtension {
+                        ext: "noise",
+                        why: "empty",
+                    });
+                }
                 Extension::Opaque(_) | Extension::Unknown { .. } => {}
+                other => count[usize::from(other.type_code())] += 1,
             }
         }
-        let msg = t.name();
-        let need = |cond: bool, what| {
-            if cond {
-                Ok(())
-            } else {
-                Err(DecodeError::MissingExtension { msg, what })
-            }
-        };
-        let allow = |cond: bool, what| {
-            if cond {
-                Ok(())
-            } else {
-                Err(DecodeError::UnexpectedExtension { msg, what })
-            }
-        };
-        let role = |r: LocatorRole| roles[r as usize];
         use LocatorRole::{New, Old, Own, Watch};
         use MessageType::*;
+        // (extension type, minimum, maximum) for each type; absent: (0, 0).
+        let rules: &[(ExtensionType, usize, usize)] = match t {
+            RegistrationRequest | RegistrationReply => &[(ExtensionType::Capabilities, 0, 1)],
+            MigrationRequest | ConnectionUpdate => &[(ExtensionType::Migration, 1, usize::MAX)],
+            MigrationReply | ConnectionUpdateAck | ConnectionUpdateRequest | Termination | TerminationAck => {
+                &[(ExtensionType::Migration, 0, usize::MAX)]
+            }
+            MessageType::Notify => &[(ExtensionType::Identity, 0, 1)],
+            PathChallenge | PathResponse => &[(ExtensionType::Challenge, 1, 1)],
+            HandshakeInit => &[
+                (ExtensionType::SenderIndex, 1, 1),
+                (ExtensionType::Noise, 1, 1),
+                (ExtensionType::Cookie, 0, 1),
+            ],
+            HandshakeResponse => &[
+                (ExtensionType::SenderIndex, 1, 1),
+                (ExtensionType::ReceiverIndex, 1, 1),
+                (ExtensionType::Noise, 1, 1),
+            ],
+            HandshakeFinish => &[(ExtensionType::ReceiverIndex, 1, 1), (ExtensionType::Noise, 1, 1)],
+            CookieReply => &[
+                (ExtensionType::ReceiverIndex, 1, 1),
+                (ExtensionType::Cookie, 1, 1),
+            ],
+            Subscribe | Publish | AddressChange | MigrationCompleted => &[],
+        };
+        for et in [
+            ExtensionType::Migration,
+            ExtensionType::Capabilities,
+            ExtensionType::Identity,
+            ExtensionType::Challenge,
+            ExtensionType::Noise,
+            ExtensionType::SenderIndex,
+            ExtensionType::ReceiverIndex,
+            ExtensionType::Cookie,
+        ] {
+            let (min, max) = rules
+                .iter()
+                .find(|(r, _, _)| *r == et)
+                .map(|(_, a, b)| (*a, *b))
+                .unwrap_or((0, 0));
+            let n = count[et as usize];
+            if n < min {
+                return Err(DecodeError::MissingExtension { msg, what: et.name() });
+            }
+            if n > max {
+                return Err(DecodeError::UnexpectedExtension { msg, what: et.name() });
+            }
+        }
         // Which locator roles each type carries: (role, minimum, maximum).
         let locators: &[(LocatorRole, usize, usize)] = match t {
             RegistrationRequest | RegistrationReply => &[(Own, 1, 1)],
@@ -119,64 +179,115 @@ impl Message {
                 .find(|(lr, _, _)| *lr == r)
                 .map(|(_, a, b)| (*a, *b))
                 .unwrap_or((0, 0));
-            need(role(r) >= min, locator_name(r))?;
-            allow(role(r) <= max, locator_name(r))?;
-        }
-        match t {
-            MigrationRequest | ConnectionUpdate => need(migrations >= 1, "a migration extension")?,
-            MigrationReply | ConnectionUpdateAck | ConnectionUpdateRequest | Termination | TerminationAck => {
+            let n = roles[r as usize];
+            if n < min {
+                return Err(DecodeError::MissingExtension {
+                    msg,
+                    what: locator_name(r),
+                });
             }
-            _ => allow(migrations == 0, "migration extensions")?,
-        }
-        match t {
-            RegistrationRequest | RegistrationReply => allow(caps <= 1, "two capabilities")?,
-            _ => allow(caps == 0, "a capabilities extension")?,
-        }
-        match t {
-            MessageType::Notify => allow(idents <= 1, "two identity extensions")?,
-            _ => allow(idents == 0, "an identity extension")?,
+            if n > max {
+                return Err(DecodeError::UnexpectedExtension {
+                    msg,
+                    what: locator_name(r),
+                });
+            }
         }
         Ok(())
     }
 
-    /// Encodes the message and appends the authentication extension, a MAC under `key`
-    /// over every byte before the MAC itself (seed 001: "protects the payload, other
-    /// extensions and the initial part of the [authentication] header").
-    pub fn encode(&self, key: &AuthKey) -> Result<Vec<u8>, EncodeError> {
-        self.validate().map_err(EncodeError::Invalid)?;
+    fn check_len(&self) -> Result<u16, EncodeError> {
         let total = self.encoded_len();
-        let total16 = u16::try_from(total).map_err(|_| EncodeError::TooLong(total))?;
-        let mut out = Vec::with_capacity(total);
-        self.header.write(&mut out, total16);
-        for e in &self.extensions {
-            let len = e.body_len();
-            let len16 = u16::try_from(len).map_err(|_| EncodeError::ExtensionTooLong(len))?;
-            out.push(e.type_code());
-            out.push(0);
-            out.extend_from_slice(&len16.to_be_bytes());
-            e.write_body(&mut out);
+        u16::try_from(total).map_err(|_| EncodeError::TooLong(total))
+    }
+
+    /// Encodes a handshake message (in clear).
+    pub fn encode_clear(&self) -> Result<Vec<u8>, EncodeError> {
+        if !self.header.msg_type.is_handshake() {
+            return Err(EncodeError::MustBeSealed(self.header.msg_type));
         }
-        out.push(ExtensionType::Authentication as u8);
-        out.push(0);
-        out.extend_from_slice(&(AUTH_BODY_LEN as u16).to_be_bytes());
-        out.extend_from_slice(&key.spi().to_be_bytes());
-        let mac = key.mac(&out);
-        out.extend_from_slice(&mac);
-        debug_assert_eq!(out.len(), total);
+        self.validate().map_err(EncodeError::Invalid)?;
+        let total = self.check_len()?;
+        let mut out = Vec::with_capacity(total.into());
+        self.header.write(&mut out, total, 0);
+        write_extensions(&self.extensions, &mut out)?;
         Ok(out)
     }
 
-    /// Parses, authenticates and decodes in one step. `key_for` picks the key from the
-    /// sender and SPI; `None` refuses the message.
-    pub fn decode<'k>(
-        bytes: &[u8],
-        key_for: impl FnOnce(&Header, u32) -> Option<&'k AuthKey>,
-    ) -> Result<Message, DecodeError> {
-        let frame = Frame::parse(bytes)?;
-        let key = key_for(frame.header(), frame.spi()).ok_or(DecodeError::UnknownSpi(frame.spi()))?;
-        frame.verify(key)?;
-        frame.decode_unverified()
+    /// Seals any other message for the peer whose session index is `spi`, under `key`,
+    /// with the header's Replay Protect ID as the nonce (it must never repeat under one
+    /// key: the session counts it).
+    pub fn seal(&self, spi: u32, key: &SessionKey) -> Result<Vec<u8>, EncodeError> {
+        if self.header.msg_type.is_handshake() {
+            return Err(EncodeError::HandshakeNotSealed(self.header.msg_type));
+        }
+        self.validate().map_err(EncodeError::Invalid)?;
+        let total = self.check_len()?;
+        let mut out = Vec::with_capacity(total.into());
+        self.header.write(&mut out, total, header_flags::PROTECTED);
+        write_extensions(&self.extensions, &mut out)?;
+        let body_end = out.len();
+        out.push(ExtensionType::Authentication as u8);
+        out.push(0);
+        out.extend_from_slice(&(AUTH_BODY_LEN as u16).to_be_bytes());
+        out.extend_from_slice(&spi.to_be_bytes());
+        let ad = associated_data(&out, body_end);
+        let tag = key.seal(self.header.replay_id, &ad, &mut out[HEADER_LEN..body_end]);
+        out.extend_from_slice(&tag);
+        debug_assert_eq!(out.len(), usize::from(total));
+        Ok(out)
     }
+}
+
+/// The associated data of a sealed message: its header, the authentication extension's
+/// prefix and the SPI (the ciphertext sits in between and is not part of it).
+fn associated_data(bytes: &[u8], body_end: usize) -> [u8; AD_LEN] {
+    let mut ad = [0u8; AD_LEN];
+    ad[..HEADER_LEN].copy_from_slice(&bytes[..HEADER_LEN]);
+    ad[HEADER_LEN..].copy_from_slice(&bytes[body_end..body_end + EXT_HEADER_LEN + 4]);
+    ad
+}
+
+fn extensions_len(exts: &[Extension]) -> usize {
+    exts.iter().map(|e| EXT_HEADER_LEN + e.body_len()).sum()
+}
+
+fn write_extensions(exts: &[Extension], out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    for e in exts {
+        let len = e.body_len();
+        let len16 = u16::try_from(len).map_err(|_| EncodeError::ExtensionTooLong(len))?;
+        out.push(e.type_code());
+        out.push(0);
+        out.extend_from_slice(&len16.to_be_bytes());
+        e.write_body(out);
+    }
+    Ok(())
+}
+
+/// Encodes extensions on their own (the payloads of Noise handshake messages).
+pub fn encode_extensions(exts: &[Extension]) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::with_capacity(extensions_len(exts));
+    write_extensions(exts, &mut out)?;
+    Ok(out)
+}
+
+/// Decodes a run of extensions (a handshake payload, or a sealed message's plaintext).
+/// The authentication type is not allowed inside.
+pub fn decode_extensions(bytes: &[u8]) -> Result<Vec<Extension>, DecodeError> {
+    let mut exts = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let (t, len) = tlv(bytes, at)?;
+        if t == ExtensionType::Authentication as u8 {
+            return Err(DecodeError::AuthenticationNotLast);
+        }
+        exts.push(Extension::parse(
+            t,
+            &bytes[at + EXT_HEADER_LEN..at + EXT_HEADER_LEN + len],
+        )?);
+        at += EXT_HEADER_LEN + len;
+    }
+    Ok(exts)
 }
 
 fn locator_name(r: LocatorRole) -> &'static str {
@@ -189,48 +300,53 @@ fn locator_name(r: LocatorRole) -> &'static str {
     }
 }
 
-/// A datagram whose framing has been checked but whose MAC has not. Receivers read the
-/// header (to find the sender's key), then [`Frame::verify`], then decode.
+/// A datagram whose framing has been checked but which has not been opened yet.
+/// Receivers read the header (and, for sealed messages, the SPI to find the session),
+/// then [`Frame::open`] or [`Frame::decode_clear`].
 #[derive(Clone, Copy, Debug)]
 pub struct Frame<'a> {
     bytes: &'a [u8],
     header: Header,
-    /// Offset of the authentication extension's TLV prefix.
-    auth_at: usize,
-    spi: u32,
+    /// `Some(spi)` for a sealed message.
+    spi: Option<u32>,
 }
 
 impl<'a> Frame<'a> {
-    /// Checks the header, walks the extension TLVs, and requires exactly one
-    /// authentication extension, last, of the right length.
+    /// Checks the header and the framing its type calls for.
     pub fn parse(bytes: &'a [u8]) -> Result<Frame<'a>, DecodeError> {
-        let header = Header::parse(bytes)?;
-        let mut at = HEADER_LEN;
-        let mut auth_at = None;
-        while at < bytes.len() {
-            let (t, len) = tlv(bytes, at)?;
-            if t == ExtensionType::Authentication as u8 {
-                if auth_at.is_some() || at + EXT_HEADER_LEN + len != bytes.len() {
-                    return Err(DecodeError::AuthenticationNotLast);
-                }
-                if len != AUTH_BODY_LEN {
-                    return Err(DecodeError::MalformedExtension {
-                        ext: "authentication",
-                        why: "length is not 36",
-                    });
-                }
-                auth_at = Some(at);
+        let (header, hflags) = Header::parse(bytes)?;
+        let sealed = hflags & header_flags::PROTECTED != 0;
+        let t = header.msg_type;
+        if t.is_handshake() {
+            if sealed {
+                return Err(DecodeError::SealedHandshake(t.name()));
             }
-            at += EXT_HEADER_LEN + len;
+            return Ok(Frame {
+                bytes,
+                header,
+                spi: None,
+            });
         }
-        let auth_at = auth_at.ok_or(DecodeError::MissingAuthentication)?;
-        let s = auth_at + EXT_HEADER_LEN;
+        if !sealed {
+            return Err(DecodeError::Unsealed(t.name()));
+        }
+        if bytes.len() < HEADER_LEN + AUTH_EXT_LEN {
+            return Err(DecodeError::MissingAuthentication);
+        }
+        let a = bytes.len() - AUTH_EXT_LEN;
+        let p = &bytes[a..a + EXT_HEADER_LEN];
+        if p[0] != ExtensionType::Authentication as u8
+            || p[1] != 0
+            || usize::from(u16::from_be_bytes([p[2], p[3]])) != AUTH_BODY_LEN
+        {
+            return Err(DecodeError::MissingAuthentication);
+        }
+        let s = a + EXT_HEADER_LEN;
         let spi = u32::from_be_bytes([bytes[s], bytes[s + 1], bytes[s + 2], bytes[s + 3]]);
         Ok(Frame {
             bytes,
             header,
-            auth_at,
-            spi,
+            spi: Some(spi),
         })
     }
 
@@ -238,37 +354,46 @@ impl<'a> Frame<'a> {
         &self.header
     }
 
-    pub fn spi(&self) -> u32 {
+    /// The receiver's session index of a sealed message.
+    pub fn spi(&self) -> Option<u32> {
         self.spi
     }
 
-    /// Checks the MAC in constant time.
-    pub fn verify(&self, key: &AuthKey) -> Result<(), DecodeError> {
-        let mac_at = self.auth_at + EXT_HEADER_LEN + 4;
-        if key.spi() != self.spi {
-            return Err(DecodeError::UnknownSpi(self.spi));
-        }
-        if key.verify(&self.bytes[..mac_at], &self.bytes[mac_at..]) {
-            Ok(())
-        } else {
-            Err(DecodeError::BadMac)
-        }
+    pub fn is_sealed(&self) -> bool {
+        self.spi.is_some()
     }
 
-    /// Decodes the extensions without checking the MAC. Receivers call this only after
-    /// [`Frame::verify`]; fuzzers and tests call it directly.
-    pub fn decode_unverified(&self) -> Result<Message, DecodeError> {
-        let mut extensions = Vec::new();
-        let mut at = HEADER_LEN;
-        while at < self.auth_at {
-            let (t, len) = tlv(self.bytes, at)?;
-            let body = &self.bytes[at + EXT_HEADER_LEN..at + EXT_HEADER_LEN + len];
-            extensions.push(Extension::parse(t, body)?);
-            at += EXT_HEADER_LEN + len;
+    /// Decrypts and decodes a sealed message. The tag is checked (in constant time, by
+    /// the AEAD) before any extension is decoded.
+    pub fn open(&self, key: &SessionKey) -> Result<Message, DecodeError> {
+        if self.spi.is_none() {
+            return Err(DecodeError::Unsealed(self.header.msg_type.name()));
+        }
+        let body_end = self.bytes.len() - AUTH_EXT_LEN;
+        let ad = associated_data(self.bytes, body_end);
+        let mut plain = self.bytes[HEADER_LEN..body_end].to_vec();
+        let tag: [u8; TAG_LEN] = self.bytes[self.bytes.len() - TAG_LEN..]
+            .try_into()
+            .expect("fixed length");
+        if !key.open(self.header.replay_id, &ad, &mut plain, &tag) {
+            return Err(DecodeError::BadMac);
         }
         let msg = Message {
             header: self.header,
-            extensions,
+            extensions: decode_extensions(&plain)?,
+        };
+        msg.validate()?;
+        Ok(msg)
+    }
+
+    /// Decodes a handshake message (in clear).
+    pub fn decode_clear(&self) -> Result<Message, DecodeError> {
+        if self.spi.is_some() {
+            return Err(DecodeError::SealedHandshake(self.header.msg_type.name()));
+        }
+        let msg = Message {
+            header: self.header,
+            extensions: decode_extensions(&self.bytes[HEADER_LEN..])?,
         };
         msg.validate()?;
         Ok(msg)

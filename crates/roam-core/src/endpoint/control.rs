@@ -5,20 +5,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use roam_wire::{
-    Capabilities, DecodeError, Extension, Header, Locator, LocatorRole, MAX_DATAGRAM_LEN, Message,
-    MessageType, Migration, MigrationStatus, NodeId, Opaque, ProtoFlags, ReplyCode,
+    DecodeError, Extension, Frame, Header, Locator, LocatorRole, MAX_DATAGRAM_LEN, Message, MessageType,
+    Migration, MigrationStatus, NodeId, Opaque, ProtoFlags, ReplyCode,
 };
 use tracing::{debug, trace};
 
 use super::flow::FlowPeer;
-use super::peer::{Exchange, Peer, ProbeState};
-use super::replay::ReplayCheck;
-use super::{DataPlaneCommand, Endpoint, Event, MoveMessage, Transmit};
+use super::peer::{Exchange, Probe};
+use super::{DataPlaneCommand, Endpoint, Event, MoveMessage};
 use crate::time::Instant;
 use crate::translate::{Protocol, Tuple};
-
-/// Capabilities this endpoint announces in registrations.
-const OUR_CAPABILITIES: u32 = Capabilities::MOBILE | Capabilities::HOLDS_PACKETS;
 
 /// Which flows of a peer a migration (or address change) names, from our point of view.
 #[derive(Clone, Copy, Debug)]
@@ -91,55 +87,54 @@ impl Endpoint {
         remote: SocketAddr,
         payload: &[u8],
     ) {
-        let key = &self.key;
-        let msg = match Message::decode(payload, |_, spi| (spi == key.spi()).then_some(key)) {
-            Ok(m) => m,
+        let frame = match Frame::parse(payload) {
+            Ok(f) => f,
             Err(e) => {
                 self.count_decode_error(&e);
                 debug!(%remote, reason = e.reason(), "dropping control datagram: {e}");
                 return;
             }
         };
-        let h = msg.header;
-        if h.sender == self.config.node_id {
+        if frame.header().sender == self.node_id {
             self.counters.drop_unexpected_reply += 1;
             return;
         }
-        // Replay protection (seed 001 FIG. 5 "Replay Protect ID"): the window moves only
-        // for authenticated messages, which these are.
-        match self.peers.get_mut(&h.sender) {
-            Some(p) => {
-                if p.replay.check(h.replay_id) == ReplayCheck::Replayed {
-                    self.counters.drop_replay += 1;
-                    debug!(%remote, sender = %h.sender, id = h.replay_id, "dropping replayed message");
-                    return;
-                }
-                p.replay.record(h.replay_id);
-            }
-            None if matches!(
-                h.msg_type,
-                MessageType::RegistrationRequest | MessageType::RegistrationReply
-            ) => {}
-            None => {
-                self.counters.drop_unknown_peer += 1;
-                debug!(%remote, sender = %h.sender, kind = %h.msg_type, "dropping message from unknown peer");
-                return;
-            }
+        if !frame.is_sealed() {
+            self.on_handshake(now, local, remote, &frame);
+            return;
         }
+        let Some((msg, session)) = self.open_sealed(now, &frame, remote, payload.len()) else {
+            return;
+        };
+        let h = msg.header;
         trace!(%remote, kind = %h.msg_type, seq = h.sequence, "control message");
         use MessageType::*;
+        if matches!(
+            h.msg_type,
+            ConnectionUpdate | MigrationRequest | AddressChange | ConnectionUpdateRequest
+        ) && !self.update_limiter.allow(h.sender, now)
+        {
+            self.counters.drop_rate_limited += 1;
+            return;
+        }
         match h.msg_type {
-            RegistrationRequest => self.on_registration_request(local, remote, &msg),
-            RegistrationReply => self.on_registration_reply(now, remote, &msg),
-            ConnectionUpdate | MigrationRequest | AddressChange => self.on_update(now, local, remote, &msg),
+            ConnectionUpdate | MigrationRequest | AddressChange => {
+                self.on_update(now, local, remote, &msg, session)
+            }
             ConnectionUpdateAck | MigrationReply | MigrationCompleted => self.on_update_ack(now, &msg),
             ConnectionUpdateRequest => self.on_update_request(remote, &msg),
             Termination => self.on_termination(local, remote, &msg),
-            TerminationAck => self.on_termination_ack(&msg),
-            // Subscribe, Publish and Notify are for the rendezvous service.
-            Subscribe | Publish | Notify => {
+            TerminationAck => self.on_termination_ack(now, &msg),
+            PathChallenge => self.on_path_challenge(local, remote, &msg),
+            PathResponse => self.on_path_response(now, remote, &msg),
+            // Registration is the handshake now; Subscribe, Publish and Notify are for
+            // the rendezvous service.
+            RegistrationRequest | RegistrationReply | Subscribe | Publish | Notify => {
                 self.counters.drop_unsupported += 1;
                 return;
+            }
+            HandshakeInit | HandshakeResponse | HandshakeFinish | CookieReply => {
+                unreachable!("handshake messages are never sealed (Frame::parse refuses them)")
             }
         }
         self.counters.messages_accepted += 1;
@@ -153,105 +148,19 @@ impl Endpoint {
         }
     }
 
-    /// Creates or refreshes a peer from a registration and attaches its flows.
-    fn register_peer(&mut self, remote: SocketAddr, msg: &Message) -> bool {
-        let h = msg.header;
-        let first_seq = (self.rng.next_u32() & 0xffff) as u16;
-        let is_new = !self.peers.contains_key(&h.sender);
-        let peer = self
-            .peers
-            .entry(h.sender)
-            .or_insert_with(|| Peer::new(h.sender, remote, first_seq));
-        if is_new {
-            peer.replay.record(h.replay_id);
-        }
-        peer.control = remote;
-        peer.addrs.insert(remote.ip());
-        // A registration starts a new association: a restarted peer numbers its
-        // updates afresh, and they must not be taken for stale ones.
-        peer.last_update_seq = None;
-        if let Some(own) = msg.locator(LocatorRole::Own) {
-            peer.reported = Some(own.addr());
-            // Seed 000 ¶0106 / FIG. 19: a peer whose own idea of its address differs
-            // from the datagram's apparent source is behind a NAT.
-            peer.behind_nat = own.addr().ip() != remote.ip();
-        }
-        if let Some(c) = msg.capabilities() {
-            peer.capabilities = c.flags;
-        }
-        self.adopt_flows(h.sender, remote.ip());
-        if is_new {
-            self.counters.peers_registered += 1;
-        }
-        is_new
-    }
-
-    fn on_registration_request(&mut self, local: SocketAddr, remote: SocketAddr, msg: &Message) {
-        let is_new = self.register_peer(remote, msg);
-        if is_new {
-            let p = &self.peers[&msg.header.sender];
-            self.events.push_back(Event::PeerRegistered {
-                peer: p.id,
-                control: p.control,
-                rtt: None,
-                behind_nat: p.behind_nat,
-            });
-        }
-        let mut h = self.header(MessageType::RegistrationReply, msg.header.sequence);
-        h.flags = ReplyCode::Accepted as u8;
-        let reply = Message::new(h)
-            .with(Extension::Locator(Locator::new(
-                LocatorRole::Own,
-                SocketAddr::new(local.ip(), self.config.control_port),
-            )))
-            .with(Extension::Capabilities(Capabilities {
-                flags: OUR_CAPABILITIES,
-            }));
-        self.send(local.ip(), remote, &reply);
-    }
-
-    fn on_registration_reply(&mut self, now: Instant, remote: SocketAddr, msg: &Message) {
-        let rtt = match self.probes.get(&remote.ip()).map(|p| &p.state) {
-            Some(ProbeState::Pending {
-                seq,
-                first_sent,
-                exchange,
-            }) if *seq == msg.header.sequence => {
-                // Karn's algorithm: only an unambiguous (first) transmission is a sample.
-                (exchange.attempts == 1).then(|| now - *first_sent)
-            }
-            _ => {
-                self.counters.drop_unexpected_reply += 1;
-                return;
-            }
-        };
-        self.probes.remove(&remote.ip());
-        if ReplyCode::from_u8(msg.header.flags) != Some(ReplyCode::Accepted) {
-            self.counters.registrations_failed += 1;
-            return;
-        }
-        let is_new = self.register_peer(remote, msg);
-        let p = self.peers.get_mut(&msg.header.sender).expect("just registered");
-        if let Some(rtt) = rtt {
-            p.rtt_sample(rtt);
-        }
-        if is_new {
-            let ev = Event::PeerRegistered {
-                peer: p.id,
-                control: p.control,
-                rtt,
-                behind_nat: p.behind_nat,
-            };
-            self.events.push_back(ev);
-        }
-    }
-
     /// Seed 000 ¶0062-¶0064 (Connection Update), seed 001 FIG. 4 (Migration Request),
     /// seed 003 (Address Change): the peer moved; update our current tuples and answer.
-    fn on_update(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, msg: &Message) {
+    fn on_update(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        msg: &Message,
+        session: Instant,
+    ) {
         let h = msg.header;
         let peer_id = h.sender;
-        let stale = self.peers[&peer_id].update_is_stale(h.sequence);
+        let stale = self.peers[&peer_id].update_is_stale(session, h.sequence);
         let selectors: Vec<(Option<Migration>, Selector)> = match h.msg_type {
             MessageType::AddressChange => {
                 let (Some(old), Some(new)) = (msg.locator(LocatorRole::Old), msg.locator(LocatorRole::New))
@@ -276,32 +185,48 @@ impl Endpoint {
         let outage = std::time::Duration::from_millis(u64::from(msg.outage_ms().unwrap_or(0)));
         let mut moved = 0usize;
         let mut statuses = Vec::with_capacity(selectors.len());
+        let mut left = BTreeSet::new();
         for (_, sel) in &selectors {
             let status = if stale {
                 self.counters.migrations_stale += 1;
                 MigrationStatus::Stale
             } else {
-                let (applied, status) = self.apply_selector(peer_id, sel, outage);
+                let (applied, status) = self.apply_selector(now, peer_id, sel, outage, remote);
                 moved += applied;
+                if applied > 0 && sel.remote.ip() != sel.new_remote.ip() {
+                    left.insert(sel.remote.ip());
+                }
                 status
             };
             statuses.push(status);
         }
         if !stale {
+            // Which addresses are the peer's (and so whose new flows are its flows)
+            // changes only by proof: a handshake, or an echoed challenge. An update
+            // can only give up an address, and only one its flows actually left.
+            let still_used: BTreeSet<IpAddr> = self.peers[&peer_id]
+                .flows
+                .iter()
+                .filter_map(|o| self.flows.get(o))
+                .map(|f| f.current.remote.ip())
+                .collect();
             let p = self.peers.get_mut(&peer_id).expect("sender is a peer");
-            p.last_update_seq = Some(h.sequence);
-            p.control = remote;
-            p.addrs.insert(remote.ip());
-            for (_, sel) in &selectors {
-                if sel.remote.ip() != sel.new_remote.ip() {
-                    p.addrs.remove(&sel.remote.ip());
-                }
-                p.addrs.insert(sel.new_remote.ip());
+            p.last_update = Some((session, h.sequence));
+            // Control goes to the update's source once that address has proven it
+            // receives there (return routability); until then, to where it was.
+            if p.is_validated(remote.ip()) {
+                p.control = remote;
+            }
+            for a in left.difference(&still_used) {
+                p.addrs.remove(a);
             }
             // The peer moved: our own outstanding requests went to its old address.
             // Send them again, now, to where it is (simultaneous moves, seed 000 ¶0078).
-            for ex in [&mut p.update, &mut p.termination].into_iter().flatten() {
-                ex.next = now;
+            // Not for a duplicate: each resend costs an attempt.
+            if moved > 0 {
+                for ex in [&mut p.update, &mut p.termination].into_iter().flatten() {
+                    ex.next = now;
+                }
             }
             if moved > 0 {
                 self.events.push_back(Event::PeerMoved {
@@ -336,12 +261,20 @@ impl Endpoint {
                 }
             }
         }
-        self.send(local.ip(), remote, &reply);
+        self.send_sealed(peer_id, local.ip(), remote, reply);
     }
 
     /// Applies one selector to a peer's flows: (flows changed, status to report).
-    /// `outage`: how long the mover says its flows have been without a path.
-    fn apply_selector(&mut self, peer: NodeId, sel: &Selector, outage: Duration) -> (usize, MigrationStatus) {
+    /// `outage`: how long the mover says its flows have been without a path; `from`:
+    /// where the update came from.
+    fn apply_selector(
+        &mut self,
+        now: Instant,
+        peer: NodeId,
+        sel: &Selector,
+        outage: Duration,
+        from: SocketAddr,
+    ) -> (usize, MigrationStatus) {
         let targets: Vec<Tuple> = match sel.exact_key() {
             Some(key) => self.flows_by_wire_key(peer, &key),
             None => self.peers[&peer]
@@ -352,6 +285,20 @@ impl Endpoint {
                 .collect(),
         };
         if targets.is_empty() {
+            // Flows with the update's source that no peer has yet (the peer moved
+            // back to where they began, before any session knew that address as
+            // theirs): once the source echoes a challenge they are the peer's, and a
+            // retransmission of the update finds them. Until then: not applied, not
+            // refused.
+            let unclaimed = self.flows.values().any(|f| {
+                matches!(f.peer, FlowPeer::Probing | FlowPeer::NotRoam)
+                    && f.current.remote.ip() == from.ip()
+                    && sel.matches(&f.wire_key)
+            });
+            if unclaimed && !self.peers.get(&peer).is_some_and(|p| p.is_validated(from.ip())) {
+                self.challenge_path(now, peer, from.ip(), from.port());
+                return (0, MigrationStatus::Stale);
+            }
             self.counters.migrations_unknown_flow += 1;
             return (0, MigrationStatus::UnknownFlow);
         }
@@ -382,12 +329,38 @@ impl Endpoint {
                 status = MigrationStatus::Refused;
                 continue;
             }
+            let prev = flow.current;
+            let unproven = !self
+                .peers
+                .get(&peer)
+                .is_some_and(|p| p.is_validated(new_remote.ip()));
             self.set_current(&o, cand);
             if let Some(f) = self.flows.get_mut(&o) {
                 f.moves += 1;
+                // Return routability: until the new address echoes a challenge, the data
+                // plane sends it at most a small budget; if it never does, the flow
+                // goes back to `prev`.
+                if unproven {
+                    let back = f.validating.map(|(_, p)| p).unwrap_or(prev);
+                    f.validating = Some((new_remote.ip(), back));
+                } else {
+                    f.validating = None;
+                }
+            }
+            if unproven {
+                let port = if from.ip() == new_remote.ip() {
+                    from.port()
+                } else {
+                    self.peers
+                        .get(&peer)
+                        .map_or(self.config.control_port, |p| p.control.port())
+                };
+                self.challenge_path(now, peer, new_remote.ip(), port);
             }
             self.sync_entry(&o);
-            if o.protocol == Protocol::Tcp {
+            // Resending into an unproven path's budget would only fill it: the
+            // resend waits for the echo (`on_path_response`).
+            if o.protocol == Protocol::Tcp && !unproven {
                 self.dataplane.push_back(DataPlaneCommand::Resend { original: o });
             }
             self.nudge(&o, outage);
@@ -480,8 +453,10 @@ impl Endpoint {
             if let Some(f) = self.flows.get_mut(o) {
                 f.moving_since = None;
             }
-            if let Some(ex) = self.peers.get_mut(&peer).and_then(|p| p.update.as_mut()) {
-                ex.flows.remove(o);
+            if let Some(ex) = self.peers.get_mut(&peer).and_then(|p| p.update.as_mut())
+                && ex.flows.remove(o)
+            {
+                ex.failed += 1;
             }
             self.sync_entry(o);
         }
@@ -489,22 +464,32 @@ impl Endpoint {
         self.events.push_back(Event::MoveFailed { peer, flows, reason });
     }
 
-    fn finish_update_if_done(&mut self, now: Instant, peer_id: NodeId) {
-        let p = self.peers.get_mut(&peer_id).expect("peer exists");
+    pub(super) fn finish_update_if_done(&mut self, now: Instant, peer_id: NodeId) {
+        let Some(p) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
         let Some(ex) = p.update.as_ref() else { return };
         if !ex.flows.is_empty() {
             return;
         }
         let elapsed = now - ex.started;
+        let confirmed = ex.total - ex.failed;
+        let sample = ex.attempts == 1 && confirmed > 0;
         let ev = Event::MoveCompleted {
             peer: peer_id,
-            flows: ex.total,
+            flows: confirmed,
             elapsed,
             retransmits: ex.attempts - 1,
         };
-        p.last_move = Some((now, elapsed));
         p.update = None;
-        self.events.push_back(ev);
+        if sample {
+            p.rtt_sample(elapsed);
+        }
+        // All refused: MoveFailed said so already.
+        if confirmed > 0 {
+            p.last_move = Some((now, elapsed));
+            self.events.push_back(ev);
+        }
     }
 
     /// Seed 000 ¶0091: a peer asks for our current attachment point.
@@ -512,7 +497,10 @@ impl Endpoint {
         let peer_id = msg.header.sender;
         let named: Vec<Selector> = msg.migrations().map(Selector::from_migration).collect();
         let p = self.peers.get_mut(&peer_id).expect("sender is a peer");
-        p.control = remote;
+        // As for an update: control moves only to an address that has proven itself.
+        if p.is_validated(remote.ip()) {
+            p.control = remote;
+        }
         let flows: Vec<Tuple> = p
             .flows
             .iter()
@@ -547,14 +535,24 @@ impl Endpoint {
             .collect();
         let mut n = 0;
         for o in targets {
-            if let Some(f) = self.flows.get_mut(&o)
-                && (f.current != f.original || f.moving_since.is_some())
+            let Some(f) = self.flows.get(&o) else { continue };
+            // The peer dropped its translation: it uses the tuple it knew the flow by
+            // (our wire key) again. Not if that tuple is another flow's now, or if it
+            // holds an address of ours that is gone (nothing could leave from there).
+            let back = f.wire_key;
+            if (f.current == back && f.moving_since.is_none())
+                || self.current_taken(&back, &o)
+                || !self.addresses.contains_key(&back.local.ip())
             {
-                f.moving_since = None;
-                self.set_current(&o, o);
-                self.sync_entry(&o);
-                n += 1;
+                continue;
             }
+            if let Some(f) = self.flows.get_mut(&o) {
+                f.moving_since = None;
+                f.validating = None;
+            }
+            self.set_current(&o, back);
+            self.sync_entry(&o);
+            n += 1;
         }
         self.counters.terminations_applied += n as u64;
         if n > 0 {
@@ -567,54 +565,31 @@ impl Endpoint {
         for m in msg.migrations() {
             reply = reply.with(Extension::Migration(*m));
         }
-        self.send(local.ip(), remote, &reply);
+        self.send_sealed(peer_id, local.ip(), remote, reply);
     }
 
-    fn on_termination_ack(&mut self, msg: &Message) {
+    fn on_termination_ack(&mut self, now: Instant, msg: &Message) {
         let p = self.peers.get_mut(&msg.header.sender).expect("sender is a peer");
-        match &p.termination {
-            Some(ex) if ex.seq == msg.header.sequence => p.termination = None,
-            _ => self.counters.drop_unexpected_reply += 1,
+        match p.termination.take_if(|ex| ex.seq == msg.header.sequence) {
+            Some(ex) => {
+                // Karn's rule: only an exchange sent once is a round-trip sample.
+                if ex.attempts == 1 {
+                    p.rtt_sample(now - ex.started);
+                }
+            }
+            None => self.counters.drop_unexpected_reply += 1,
         }
     }
 
     // ---- sending ----
 
-    fn header(&mut self, t: MessageType, seq: u16) -> Header {
-        let id = self.next_replay_id();
-        Header::new(t, self.config.node_id, seq, id)
-    }
-
-    fn send(&mut self, src_ip: IpAddr, dst: SocketAddr, msg: &Message) {
-        match msg.encode(&self.key) {
-            Ok(payload) => {
-                self.counters.messages_sent += 1;
-                self.transmits.push_back(Transmit {
-                    src: SocketAddr::new(src_ip, self.config.control_port),
-                    dst,
-                    payload,
-                });
-            }
-            // Only a bug in this module can build an invalid message.
-            Err(e) => debug_assert!(false, "cannot encode {}: {e}", msg.header.msg_type),
-        }
+    fn header(&self, t: MessageType, seq: u16) -> Header {
+        Header::new(t, self.node_id, seq, 0)
     }
 
     /// The address to send to `dst` from: the newest of its family.
-    fn source_for(&self, dst: IpAddr) -> Option<IpAddr> {
+    pub(super) fn source_for(&self, dst: IpAddr) -> Option<IpAddr> {
         self.newest_address(dst.is_ipv4())
-    }
-
-    pub(super) fn send_registration(&mut self, from: IpAddr, remote: IpAddr, seq: u16) {
-        let msg = Message::new(self.header(MessageType::RegistrationRequest, seq))
-            .with(Extension::Locator(Locator::new(
-                LocatorRole::Own,
-                SocketAddr::new(from, self.config.control_port),
-            )))
-            .with(Extension::Capabilities(Capabilities {
-                flags: OUR_CAPABILITIES,
-            }));
-        self.send(from, SocketAddr::new(remote, self.config.control_port), &msg);
     }
 
     /// Builds updates for every peer whose flows moved (one exchange per peer; a newer
@@ -652,7 +627,7 @@ impl Endpoint {
             if flows.is_empty() {
                 continue;
             }
-            let seq = p.take_seq();
+            let seq = p.take_update_seq();
             let n = flows.len();
             p.update = Some(Exchange::new(seq, flows, now, rto));
             if let Some(to) = to {
@@ -699,20 +674,15 @@ impl Endpoint {
             }
             for (old, new) in pairs {
                 messages.push(
-                    Message::new(Header::new(
-                        MessageType::AddressChange,
-                        self.config.node_id,
-                        seq,
-                        0,
-                    ))
-                    .with(Extension::Locator(Locator::new(
-                        LocatorRole::Old,
-                        SocketAddr::new(old, 0),
-                    )))
-                    .with(Extension::Locator(Locator::new(
-                        LocatorRole::New,
-                        SocketAddr::new(new, 0),
-                    ))),
+                    Message::new(self.header(MessageType::AddressChange, seq))
+                        .with(Extension::Locator(Locator::new(
+                            LocatorRole::Old,
+                            SocketAddr::new(old, 0),
+                        )))
+                        .with(Extension::Locator(Locator::new(
+                            LocatorRole::New,
+                            SocketAddr::new(new, 0),
+                        ))),
                 );
             }
         } else {
@@ -722,14 +692,13 @@ impl Endpoint {
             MoveMessage::MigrationRequest => MessageType::MigrationRequest,
             _ => MessageType::ConnectionUpdate,
         };
-        let mut current = Message::new(Header::new(kind, self.config.node_id, seq, 0));
+        let mut current = Message::new(self.header(kind, seq));
         for m in migrations {
             let candidate = current.clone().with(Extension::Migration(m));
             if candidate.encoded_len() > MAX_DATAGRAM_LEN && !current.extensions.is_empty() {
                 messages.push(std::mem::replace(
                     &mut current,
-                    Message::new(Header::new(kind, self.config.node_id, seq, 0))
-                        .with(Extension::Migration(m)),
+                    Message::new(self.header(kind, seq)).with(Extension::Migration(m)),
                 ));
             } else {
                 current = candidate;
@@ -740,77 +709,17 @@ impl Endpoint {
         }
         let outage_ms = u32::try_from(outage.as_millis()).unwrap_or(u32::MAX);
         for mut m in messages {
-            m.header.replay_id = self.next_replay_id();
             m.extensions.push(Extension::Opaque(Opaque::outage(outage_ms)));
-            self.send(src, dst, &m);
+            self.send_sealed(id, src, dst, m);
         }
     }
 
     // ---- timers ----
 
+    /// A host that did not answer is tried again by the next new flow to it.
     pub(super) fn probe_timeouts(&mut self, now: Instant) {
-        let due: Vec<IpAddr> = self
-            .probes
-            .iter()
-            .filter(|(_, p)| p.next_timeout().is_some_and(|t| t <= now))
-            .map(|(a, _)| *a)
-            .collect();
-        for addr in due {
-            let max = self.config.max_registration_attempts;
-            let max_rto = self.config.max_rto;
-            let ttl = self.config.not_capable_ttl;
-            let Some(probe) = self.probes.get_mut(&addr) else {
-                continue;
-            };
-            match &mut probe.state {
-                ProbeState::NotCapable { .. } => {
-                    self.probes.remove(&addr);
-                }
-                ProbeState::Pending { exchange, seq, .. } if exchange.attempts >= max => {
-                    let _ = seq;
-                    probe.state = ProbeState::NotCapable { until: now + ttl };
-                    self.counters.registrations_failed += 1;
-                    let mut n = 0;
-                    for f in self.flows.values_mut() {
-                        if f.peer == FlowPeer::Probing && f.current.remote.ip() == addr {
-                            f.peer = FlowPeer::NotRoam;
-                            n += 1;
-                        }
-                    }
-                    self.counters.flows_without_peer += n;
-                    self.events.push_back(Event::PeerNotCapable { addr });
-                    // Flows that moved while waiting can no longer be held.
-                    let held: Vec<Tuple> = self
-                        .flows
-                        .values()
-                        .filter(|f| f.peer == FlowPeer::NotRoam && f.current.remote.ip() == addr)
-                        .map(|f| f.original)
-                        .collect();
-                    for o in held {
-                        if let Some(f) = self.flows.get_mut(&o) {
-                            f.moving_since = None;
-                            f.orphaned = false;
-                        }
-                        self.sync_entry(&o);
-                    }
-                }
-                ProbeState::Pending { exchange, seq, .. } => {
-                    exchange.back_off(now, max_rto);
-                    let seq = *seq;
-                    let from = probe.from;
-                    let from = if self.addresses.contains_key(&from) {
-                        from
-                    } else {
-                        match self.source_for(addr) {
-                            Some(a) => a,
-                            None => continue,
-                        }
-                    };
-                    self.counters.retransmits += 1;
-                    self.send_registration(from, addr, seq);
-                }
-            }
-        }
+        self.probes
+            .retain(|_, p| !matches!(p, Probe::NotCapable { until } if *until <= now));
     }
 
     pub(super) fn update_timeouts(&mut self, now: Instant) {
@@ -832,7 +741,7 @@ impl Endpoint {
             }
             let p = self.peers.get_mut(&id).expect("listed");
             if let Some(ex) = p.termination.as_mut().filter(|e| e.next <= now) {
-                if ex.attempts >= self.config.max_registration_attempts {
+                if ex.attempts >= self.config.max_handshake_attempts {
                     p.termination = None;
                 } else {
                     ex.back_off(now, max_rto);
@@ -860,26 +769,26 @@ impl Endpoint {
     }
 
     fn transmit_termination(&mut self, id: NodeId) {
+        if let Some(p) = self.peers.get_mut(&id)
+            && p.termination.as_ref().is_some_and(|ex| ex.flows.is_empty())
+        {
+            // An empty Termination would mean "every flow with the sender".
+            p.termination = None;
+        }
         let Some(p) = self.peers.get(&id) else { return };
         let Some(ex) = &p.termination else { return };
         let dst = p.control;
         let Some(src) = self.source_for(dst.ip()) else {
             return;
         };
-        let mut msg = Message::new(Header::new(
-            MessageType::Termination,
-            self.config.node_id,
-            ex.seq,
-            0,
-        ));
+        let mut msg = Message::new(self.header(MessageType::Termination, ex.seq));
         // A termination's exchange holds wire keys: the flows are gone locally.
         for w in &ex.flows {
             if let Some(m) = Migration::new(proto_flag(w.protocol), w.local, w.local, w.remote) {
                 msg = msg.with(Extension::Migration(m));
             }
         }
-        msg.header.replay_id = self.next_replay_id();
-        self.send(src, dst, &msg);
+        self.send_sealed(id, src, dst, msg);
     }
 
     /// Sends a Connection Update Request (seed 000 ¶0059) to `peer` at `at`.
@@ -892,7 +801,7 @@ impl Endpoint {
         }
         let seq = self.peers.get_mut(&peer).expect("checked").take_seq();
         let msg = Message::new(self.header(MessageType::ConnectionUpdateRequest, seq));
-        self.send(src, at, &msg);
+        self.send_sealed(peer, src, at, msg);
     }
 }
 

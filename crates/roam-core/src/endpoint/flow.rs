@@ -1,11 +1,10 @@
 //! Flows and what happens to them when local addresses come and go (seed 000 FIG. 17).
 
-use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
-use super::peer::{Probe, ProbeState, peer_at};
+use super::peer::{Probe, peer_at};
 use super::{ConflictDirection, DataPlaneCommand, Endpoint, Event};
 use crate::time::Instant;
 use crate::translate::{FlowMapping, Protocol, TableChange, Tuple};
@@ -47,6 +46,9 @@ pub struct Flow {
     pub orphaned: bool,
     /// Created by a conflict remap (seed 000 ¶0069).
     pub remapped: bool,
+    /// The peer moved this flow to an address that has not yet echoed a challenge:
+    /// that address, and the current tuple to go back to if it never does.
+    pub validating: Option<(IpAddr, Tuple)>,
     pub opened_at: Instant,
     /// Completed moves of this flow (ours and the peer's).
     pub moves: u32,
@@ -65,10 +67,20 @@ impl Flow {
             moving_since: None,
             orphaned: false,
             remapped: false,
+            validating: None,
             opened_at: now,
             moves: 0,
             installed: None,
         }
+    }
+
+    /// A flow whose entry the data plane kept across a restart.
+    pub(crate) fn restored(m: FlowMapping, now: Instant) -> Flow {
+        let mut f = Flow::new(m.original, m.current, now);
+        // Its wire key cannot be known again: a remapped flow's is lost (the daemon
+        // persists flows to avoid that).
+        f.wire_key = m.original;
+        f
     }
 
     /// Whether roam can do anything for this flow.
@@ -108,9 +120,15 @@ impl Endpoint {
         {
             peer.flows.remove(&t);
             peer.refresh.remove(&t);
-            for ex in [&mut peer.update, &mut peer.termination].into_iter().flatten() {
-                ex.flows.remove(&t);
+            // (A termination's exchange holds wire keys of flows already gone: the
+            // peer must still hear of those.)
+            if let Some(ex) = &mut peer.update
+                && ex.flows.remove(&t)
+            {
+                ex.total -= 1;
             }
+            // The last flow an update waited for closed: the rest are confirmed.
+            self.finish_update_if_done(now, p);
         }
         if flow.installed.is_some() {
             self.install(TableChange::RemoveFlow { original: t });
@@ -122,7 +140,7 @@ impl Endpoint {
         }
     }
 
-    fn insert_flow(&mut self, flow: Flow) {
+    pub(super) fn insert_flow(&mut self, flow: Flow) {
         self.by_current.insert(flow.current, flow.original);
         self.by_wire_key
             .entry(flow.wire_key)
@@ -163,7 +181,7 @@ impl Endpoint {
 
     /// Finds who is at the flow's remote address: a known peer, a registration in
     /// progress, or nobody (then starts a registration, seed 001 FIG. 3 step 302).
-    fn associate(&mut self, now: Instant, original: Tuple) {
+    pub(super) fn associate(&mut self, now: Instant, original: Tuple) {
         let Some(flow) = self.flows.get(&original) else {
             return;
         };
@@ -175,9 +193,9 @@ impl Endpoint {
             self.peers.get_mut(&p).map(|peer| peer.flows.insert(original));
             FlowPeer::Peer(p)
         } else {
-            match self.probes.get(&remote).map(|p| &p.state) {
-                Some(ProbeState::Pending { .. }) => FlowPeer::Probing,
-                Some(ProbeState::NotCapable { until }) if now < *until => {
+            match self.probes.get(&remote) {
+                Some(Probe::Pending) => FlowPeer::Probing,
+                Some(Probe::NotCapable { until }) if now < *until => {
                     self.counters.flows_without_peer += 1;
                     FlowPeer::NotRoam
                 }
@@ -441,21 +459,11 @@ impl Endpoint {
             .collect()
     }
 
+    /// Seed 001 FIG. 3 step 302: register with whoever is at `remote`, by a handshake.
     pub(super) fn start_probe(&mut self, now: Instant, from: IpAddr, remote: IpAddr) {
-        let seq = (self.rng.next_u32() & 0xffff) as u16;
-        let rto = self.config.initial_rto;
-        let exchange = super::peer::Exchange::new(seq, BTreeSet::new(), now, rto);
-        self.probes.insert(
-            remote,
-            Probe {
-                from,
-                state: ProbeState::Pending {
-                    seq,
-                    first_sent: now,
-                    exchange,
-                },
-            },
-        );
-        self.send_registration(from, remote, seq);
+        let to = SocketAddr::new(remote, self.config.control_port);
+        if self.start_handshake(now, from, to, None).is_some() {
+            self.probes.insert(remote, Probe::Pending);
+        }
     }
 }

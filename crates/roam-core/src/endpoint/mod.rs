@@ -29,6 +29,7 @@ mod control;
 mod flow;
 mod peer;
 pub mod replay;
+mod secure;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -36,16 +37,17 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use rand_core::RngCore;
-use roam_wire::{AuthKey, DEFAULT_CONTROL_PORT, NodeId};
+use roam_wire::{DEFAULT_CONTROL_PORT, NodeId};
 use serde::Serialize;
 
 pub use flow::{Flow, FlowPeer};
 pub use peer::Peer;
 
 use crate::counters::Counters;
+use crate::security::{CookieJar, PublicKey, RateLimiter, Session, StaticKey, Trust};
 use crate::time::Instant;
-use crate::translate::{TableChange, Tuple};
-use peer::Probe;
+use crate::translate::{FlowMapping, TableChange, Tuple};
+use peer::{Initiation, Probe, Response};
 
 /// Which message a moving host sends to its peers. All three are understood on receipt;
 /// this chooses what this host sends.
@@ -62,35 +64,31 @@ pub enum MoveMessage {
     AddressChange,
 }
 
-/// An endpoint's configuration. Durations bound every retry loop.
+/// An endpoint's configuration. Durations bound every retry loop; rates and sizes bound
+/// what a flood can cost.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// This host's identifier cookie (seed 001 FIG. 5).
-    pub node_id: NodeId,
-    /// The key that authenticates every control message (HMAC-SHA-256), named by `spi`.
-    /// A pre-shared key until the security layer's key exchange replaces it.
-    pub psk: [u8; 32],
-    pub spi: u32,
+    /// This host's long-term key. Its identifier cookie (seed 001 FIG. 5) derives from it.
+    pub identity: StaticKey,
+    /// Whose keys this host accepts (docs/SECURITY.md).
+    pub trust: Trust,
     /// UDP port of the control channel, here and (by default) at peers.
     pub control_port: u16,
     /// What this host sends when it moves.
     pub move_message: MoveMessage,
     /// First retransmission timeout when no round-trip time has been measured yet.
     pub initial_rto: Duration,
-    /// Bounds of the retransmission timeout (which is twice the smoothed RTT).
+    /// Bounds of the retransmission timeout (which is three smoothed RTTs).
     pub min_rto: Duration,
     pub max_rto: Duration,
     /// Transmissions of an update before the move is declared failed.
     pub max_update_attempts: u32,
-    /// Transmissions of a registration before the remote host is taken for one that
-    /// does not run roam (seed 000 FIG. 21).
-    pub max_registration_attempts: u32,
-    /// How long a host that did not answer registration is left alone before a new
-    /// flow to it tries again.
+    /// Transmissions of a handshake before the remote host is taken for one that does
+    /// not run roam (seed 000 FIG. 21), or a rekey is given up.
+    pub max_handshake_attempts: u32,
+    /// How long a host that did not answer a handshake is left alone before a new flow
+    /// to it tries again.
     pub not_capable_ttl: Duration,
-    /// First Replay Protect ID; later ones increase by one. The daemon derives it from
-    /// the wall clock so that IDs keep increasing across restarts.
-    pub replay_base: u64,
     /// How long a flow must have been without a working path before roam makes its
     /// TCP sender retransmit at once (a nudge). Shorter outages end before a
     /// retransmission timeout (Linux's minimum is 200 ms, RFC 6298's 1 s), and a nudge
@@ -99,25 +97,55 @@ pub struct Config {
     /// Upper bound on flows remapped to resolve conflicts (seed 000 ¶0069), so that a
     /// flood of colliding packets cannot grow the table without bound.
     pub max_remapped_flows: usize,
+    /// A session is replaced by a new handshake after this long...
+    pub rekey_after: Duration,
+    /// ...or after sealing this many messages.
+    pub rekey_after_messages: u64,
+    /// A replaced session still opens what was in flight for this long, then it is gone.
+    pub rekey_grace: Duration,
+    /// Return routability: what roam sends to a peer's new address before it has
+    /// echoed a challenge is at most this many bytes, and never more than three times
+    /// what came from that address (QUIC's anti-amplification limit, RFC 9000 §8).
+    pub unvalidated_budget: u64,
+    /// Path challenges sent before a new address is given up.
+    pub max_path_challenges: u32,
+    /// Handshake messages accepted per second from one source address (burst twice).
+    pub handshakes_per_second: f64,
+    /// Updates accepted per second from one peer (burst twice).
+    pub updates_per_second: f64,
+    /// Beyond this many handshake initiations in one second, this host is under load
+    /// and demands a cookie (a round trip proving the source address) before spending
+    /// any Diffie-Hellman.
+    pub cookie_threshold: u32,
+    /// Handshakes this host answered and awaits the last message of; the oldest is
+    /// forgotten beyond this.
+    pub max_pending_handshakes: usize,
 }
 
 impl Config {
-    pub fn new(node_id: NodeId, psk: [u8; 32]) -> Config {
+    pub fn new(identity: StaticKey, trust: Trust) -> Config {
         Config {
-            node_id,
-            psk,
-            spi: 1,
+            identity,
+            trust,
             control_port: DEFAULT_CONTROL_PORT,
             move_message: MoveMessage::default(),
             initial_rto: Duration::from_millis(200),
             min_rto: Duration::from_millis(10),
             max_rto: Duration::from_secs(1),
             max_update_attempts: 16,
-            max_registration_attempts: 5,
+            max_handshake_attempts: 5,
             not_capable_ttl: Duration::from_secs(60),
-            replay_base: 1,
             max_remapped_flows: 4096,
             nudge_after: Duration::from_millis(200),
+            rekey_after: Duration::from_secs(120),
+            rekey_after_messages: 1 << 20,
+            rekey_grace: Duration::from_secs(10),
+            unvalidated_budget: 16 * 1024,
+            max_path_challenges: 5,
+            handshakes_per_second: 10.0,
+            updates_per_second: 100.0,
+            cookie_threshold: 64,
+            max_pending_handshakes: 256,
         }
     }
 }
@@ -151,6 +179,10 @@ pub enum Input<'a> {
     /// Ask `peer` for a Connection Update (seed 000 ¶0059, ¶0091): sent when this host
     /// learns (e.g. from a rendezvous Notify) that the peer moved without telling it.
     RequestUpdate { peer: NodeId, at: SocketAddr },
+    /// At start-up, a translation entry the data plane already has (the daemon
+    /// restarted; the kernel kept its entries): the flow is known with its current
+    /// tuple, and its peer will be found again by a handshake.
+    Restore(FlowMapping),
     /// The time returned by [`Endpoint::poll_timeout`] has come.
     Timeout,
 }
@@ -195,6 +227,15 @@ pub enum DataPlaneCommand {
     /// are harmless to TCP); one that does not (the kernel's) ignores this and leaves
     /// the recovery to the stack's SACK and RACK-TLP.
     Resend { original: Tuple },
+    /// Return routability: `remote` has not echoed a challenge yet. Send it at most
+    /// `cap` bytes, and never more than three times what arrives from it (RFC 9000
+    /// §8.1), holding the rest, until `Validated` or `Unreachable`. `received`: what
+    /// already came from it (the update that named it), so the answer can go at once.
+    Unvalidated { remote: IpAddr, cap: u64, received: u64 },
+    /// `remote` echoed its challenge: no more limit; send what was held.
+    Validated { remote: IpAddr },
+    /// `remote` never echoed: drop what was held for it (its flows went back).
+    Unreachable { remote: IpAddr },
 }
 
 /// A data plane: whatever rewrites packets for real (the kernel, a TUN device, the
@@ -249,6 +290,20 @@ pub enum Event {
     ConflictResolved { original: Tuple, current: Tuple },
     /// The peer tore down these flows' translation (seed 003 termination).
     FlowsTerminated { peer: NodeId, flows: usize },
+    /// A handshake presented a key the trust policy refuses.
+    KeyRejected { key: PublicKey, from: SocketAddr },
+    /// Trust on first use accepted a key it had not seen.
+    KeyLearned { key: PublicKey, peer: NodeId },
+    /// A new session replaced the peer's previous one (rotation or restart).
+    SessionRekeyed { peer: NodeId },
+    /// A peer's new address echoed its challenge.
+    PathValidated { peer: NodeId, addr: IpAddr },
+    /// A peer's new address never echoed its challenge: its flows went back.
+    PathFailed {
+        peer: NodeId,
+        addr: IpAddr,
+        flows: usize,
+    },
 }
 
 impl fmt::Display for Event {
@@ -299,6 +354,16 @@ impl fmt::Display for Event {
             Event::FlowsTerminated { peer, flows } => {
                 write!(f, "peer {peer} terminated {flows} flow(s)")
             }
+            Event::KeyRejected { key, from } => write!(f, "refused untrusted key {key} from {from}"),
+            Event::KeyLearned { key, peer } => {
+                write!(f, "trusted key {key} of peer {peer} on first use")
+            }
+            Event::SessionRekeyed { peer } => write!(f, "new session with peer {peer}"),
+            Event::PathValidated { peer, addr } => write!(f, "peer {peer} answered at {addr}"),
+            Event::PathFailed { peer, addr, flows } => write!(
+                f,
+                "peer {peer} never answered at {addr}: {flows} flow(s) went back"
+            ),
         }
     }
 }
@@ -306,7 +371,7 @@ impl fmt::Display for Event {
 /// roam's control plane for one host. See the module documentation for how to drive it.
 pub struct Endpoint {
     config: Config,
-    key: AuthKey,
+    node_id: NodeId,
     rng: Box<dyn RngCore + Send>,
     /// Usable local addresses and when each was added (the newest is preferred).
     addresses: BTreeMap<IpAddr, Instant>,
@@ -317,9 +382,19 @@ pub struct Endpoint {
     /// Index: wire key -> original tuples (more than one only across peers).
     by_wire_key: BTreeMap<Tuple, BTreeSet<Tuple>>,
     peers: BTreeMap<NodeId, Peer>,
-    /// Registrations in progress or failed, by remote address.
+    /// Registrations (first handshakes) in progress or failed, by remote address.
     probes: BTreeMap<IpAddr, Probe>,
-    next_replay_id: u64,
+    /// Sessions by our index (the SPI of messages to us).
+    sessions: BTreeMap<u32, Session>,
+    /// Handshakes we started, by our index.
+    initiating: BTreeMap<u32, Initiation>,
+    /// Handshakes we answered, by our index.
+    responding: BTreeMap<u32, Response>,
+    handshake_limiter: RateLimiter<IpAddr>,
+    update_limiter: RateLimiter<NodeId>,
+    cookies: CookieJar,
+    /// Handshake initiations seen in the current second (load detection).
+    load: (Instant, u32),
     remapped_flows: usize,
     transmits: VecDeque<Transmit>,
     dataplane: VecDeque<DataPlaneCommand>,
@@ -330,12 +405,19 @@ pub struct Endpoint {
 impl Endpoint {
     /// `rng` supplies every random choice (initial sequence numbers, remap ports); pass a
     /// seeded one for reproducible runs.
-    pub fn new(config: Config, rng: Box<dyn RngCore + Send>) -> Endpoint {
-        let key = AuthKey::new(config.spi, config.psk);
-        let next_replay_id = config.replay_base;
+    pub fn new(config: Config, mut rng: Box<dyn RngCore + Send>) -> Endpoint {
+        let node_id = config.identity.public().node_id();
+        let cookies = CookieJar::new(rng.as_mut(), Instant::ZERO);
+        let handshake_limiter = RateLimiter::new(
+            config.handshakes_per_second,
+            config.handshakes_per_second * 2.0,
+            4096,
+        );
+        let update_limiter =
+            RateLimiter::new(config.updates_per_second, config.updates_per_second * 2.0, 4096);
         Endpoint {
             config,
-            key,
+            node_id,
             rng,
             addresses: BTreeMap::new(),
             flows: BTreeMap::new(),
@@ -343,7 +425,13 @@ impl Endpoint {
             by_wire_key: BTreeMap::new(),
             peers: BTreeMap::new(),
             probes: BTreeMap::new(),
-            next_replay_id,
+            sessions: BTreeMap::new(),
+            initiating: BTreeMap::new(),
+            responding: BTreeMap::new(),
+            handshake_limiter,
+            update_limiter,
+            cookies,
+            load: (Instant::ZERO, 0),
             remapped_flows: 0,
             transmits: VecDeque::new(),
             dataplane: VecDeque::new(),
@@ -358,7 +446,14 @@ impl Endpoint {
         &self.config
     }
     pub fn node_id(&self) -> NodeId {
-        self.config.node_id
+        self.node_id
+    }
+    pub fn public_key(&self) -> PublicKey {
+        self.config.identity.public()
+    }
+    /// Sessions (current and retiring), by our index.
+    pub fn sessions(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.values()
     }
     pub fn counters(&self) -> &Counters {
         &self.counters
@@ -396,6 +491,7 @@ impl Endpoint {
             Input::FlowClosed(t) => self.flow_closed(now, t),
             Input::Conflict { direction, tuple } => self.resolve_conflict(now, direction, tuple),
             Input::RequestUpdate { peer, at } => self.request_update(now, peer, at),
+            Input::Restore(m) => self.restore(now, m),
             Input::Timeout => self.on_timeout(now),
         }
         self.flush_updates(now);
@@ -419,21 +515,20 @@ impl Endpoint {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let peers = self.peers.values().flat_map(|p| p.next_timeout());
         let probes = self.probes.values().filter_map(|p| p.next_timeout());
-        peers.chain(probes).min()
+        let handshakes = self.initiating.values().map(|i| i.exchange.next);
+        let sessions = self.sessions.values().map(|s| self.session_deadline(s));
+        peers.chain(probes).chain(handshakes).chain(sessions).min()
     }
 
     fn on_timeout(&mut self, now: Instant) {
         self.probe_timeouts(now);
+        self.handshake_timeouts(now);
+        self.session_timeouts(now);
         self.update_timeouts(now);
+        self.path_timeouts(now);
     }
 
     // ---- helpers shared by the submodules ----
-
-    fn next_replay_id(&mut self) -> u64 {
-        let id = self.next_replay_id;
-        self.next_replay_id = self.next_replay_id.wrapping_add(1);
-        id
-    }
 
     fn install(&mut self, change: TableChange) {
         self.dataplane.push_back(DataPlaneCommand::Table(change));

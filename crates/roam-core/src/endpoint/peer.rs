@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use roam_wire::NodeId;
 
-use super::replay::ReplayWindow;
+use crate::security::{Initiator, PublicKey, Responder};
 use crate::time::Instant;
 use crate::translate::Tuple;
 
@@ -16,6 +16,13 @@ use crate::translate::Tuple;
 #[derive(Clone, Debug)]
 pub struct Peer {
     pub id: NodeId,
+    /// Its long-term key, authenticated by the handshake.
+    pub public_key: PublicKey,
+    /// Our index of the session we seal for it with (the newest).
+    pub session: Option<u32>,
+    /// Addresses it has used and whether each has proven it receives there (return
+    /// routability).
+    pub paths: BTreeMap<IpAddr, Path>,
     /// Where its control channel is now.
     pub control: SocketAddr,
     /// Its addresses as we know them: flows to these addresses are its flows.
@@ -29,12 +36,17 @@ pub struct Peer {
     pub flows: BTreeSet<Tuple>,
     /// Smoothed round-trip time of the control channel (RFC 6298 SRTT, alpha 1/8).
     pub srtt: Option<Duration>,
-    pub(crate) replay: ReplayWindow,
     /// Next sequence number for a request we send.
     pub(crate) next_seq: u16,
-    /// Sequence number of the newest update from this peer that we applied: an older
-    /// one arriving late (a retransmission overtaken by a second move) must not undo it.
-    pub(crate) last_update_seq: Option<u16>,
+    /// Next sequence number for an update: updates count on their own, so the peer's
+    /// serial comparison (RFC 1982) of two of them never spans more than 2^15 sends.
+    pub(crate) next_update_seq: u16,
+    /// The newest update from this peer that we applied: the establishment time of the
+    /// session it came in, and its sequence number. An older one arriving late (a
+    /// retransmission overtaken by a second move, or from before a rekey) must not undo
+    /// it. Sequence numbers compare within one session only (an update under a newer
+    /// session is newer whatever its number).
+    pub(crate) last_update: Option<(Instant, u16)>,
     /// Our outstanding update (flows we moved, not yet confirmed).
     pub(crate) update: Option<Exchange>,
     /// Our outstanding termination.
@@ -45,12 +57,21 @@ pub struct Peer {
     pub(crate) refresh: BTreeSet<Tuple>,
     /// When the last move with this peer completed, and how long the exchange took.
     pub last_move: Option<(Instant, Duration)>,
+    /// When to renew the session (a rekey), or try again after a failed attempt.
+    pub(crate) next_rekey: Instant,
+    /// As the initiator of the current session: our Handshake Finish, until the peer
+    /// shows it has the session (a message sealed under it arrives). Each sealed
+    /// message goes with a copy, so a lost Finish costs no handshake.
+    pub(crate) unconfirmed_finish: Option<Vec<u8>>,
 }
 
 impl Peer {
-    pub(crate) fn new(id: NodeId, control: SocketAddr, first_seq: u16) -> Peer {
+    pub(crate) fn new(id: NodeId, public_key: PublicKey, control: SocketAddr, first_seq: u16) -> Peer {
         Peer {
             id,
+            public_key,
+            session: None,
+            paths: BTreeMap::from([(control.ip(), Path::validated())]),
             control,
             addrs: BTreeSet::from([control.ip()]),
             reported: None,
@@ -58,20 +79,28 @@ impl Peer {
             capabilities: 0,
             flows: BTreeSet::new(),
             srtt: None,
-            replay: ReplayWindow::default(),
             next_seq: first_seq,
-            last_update_seq: None,
+            next_update_seq: first_seq,
+            last_update: None,
             update: None,
             termination: None,
             update_needed: false,
             refresh: BTreeSet::new(),
             last_move: None,
+            next_rekey: Instant::ZERO,
+            unconfirmed_finish: None,
         }
     }
 
     pub(crate) fn take_seq(&mut self) -> u16 {
         let s = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
+        s
+    }
+
+    pub(crate) fn take_update_seq(&mut self) -> u16 {
+        let s = self.next_update_seq;
+        self.next_update_seq = self.next_update_seq.wrapping_add(1);
         s
     }
 
@@ -87,12 +116,29 @@ impl Peer {
             .into_iter()
             .flatten()
             .map(|e| e.next)
+            .chain(
+                self.paths
+                    .values()
+                    .filter_map(|p| p.challenge.as_ref().map(|c| c.exchange.next)),
+            )
     }
 
-    /// Whether an update from this peer with `seq` is older than one already applied.
-    pub(crate) fn update_is_stale(&self, seq: u16) -> bool {
-        self.last_update_seq
-            .is_some_and(|last| super::seq_newer(last, seq))
+    /// Whether an update with `seq`, in a session established at `session`, is older
+    /// than one already applied.
+    pub(crate) fn update_is_stale(&self, session: Instant, seq: u16) -> bool {
+        match self.last_update {
+            None => false,
+            Some((s, last)) if s == session => super::seq_newer(last, seq),
+            Some((s, _)) => session < s,
+        }
+    }
+
+    pub(crate) fn path(&mut self, addr: IpAddr) -> &mut Path {
+        self.paths.entry(addr).or_insert_with(Path::unvalidated)
+    }
+
+    pub(crate) fn is_validated(&self, addr: IpAddr) -> bool {
+        self.paths.get(&addr).is_some_and(|p| p.validated)
     }
 }
 
@@ -102,8 +148,10 @@ pub(crate) struct Exchange {
     pub seq: u16,
     /// The flows (by original tuple) it names that are not yet acknowledged.
     pub flows: BTreeSet<Tuple>,
-    /// How many flows it named at first.
+    /// How many flows it named at first, and how many of them the peer refused (or
+    /// never confirmed).
     pub total: usize,
+    pub failed: usize,
     pub started: Instant,
     pub attempts: u32,
     pub rto: Duration,
@@ -115,6 +163,7 @@ impl Exchange {
         Exchange {
             seq,
             total: flows.len(),
+            failed: 0,
             flows,
             started: now,
             attempts: 1,
@@ -131,32 +180,92 @@ impl Exchange {
     }
 }
 
-/// A registration (seed 001 FIG. 3 step 302) to a remote address, to learn whether the
-/// host there runs roam and who it is.
+/// A registration (seed 001 FIG. 3 step 302, done as a handshake) to a remote address,
+/// to learn whether the host there runs roam and who it is.
 #[derive(Clone, Debug)]
-pub(crate) struct Probe {
-    /// The local address to send from (the flow's current local address).
-    pub from: IpAddr,
-    pub state: ProbeState,
-}
-
-#[derive(Clone, Debug)]
-pub(crate) enum ProbeState {
-    Pending {
-        seq: u16,
-        first_sent: Instant,
-        exchange: Exchange,
-    },
+pub(crate) enum Probe {
+    /// A handshake to it is in progress (in `initiating`).
+    Pending,
     /// Unanswered (seed 000 FIG. 21 step 2112: "not VC enhanced"): retry after `until`.
     NotCapable { until: Instant },
 }
 
 impl Probe {
     pub fn next_timeout(&self) -> Option<Instant> {
-        match &self.state {
-            ProbeState::Pending { exchange, .. } => Some(exchange.next),
-            ProbeState::NotCapable { until } => Some(*until),
+        match self {
+            Probe::Pending => None,
+            Probe::NotCapable { until } => Some(*until),
         }
+    }
+}
+
+/// A handshake this host started.
+pub(crate) struct Initiation {
+    pub state: Option<Initiator>,
+    /// The encoded Handshake Init, sent again on timeout (with the cookie, if any).
+    pub sequence: u16,
+    pub noise: Vec<u8>,
+    pub cookie: Option<[u8; 16]>,
+    pub from: IpAddr,
+    pub to: SocketAddr,
+    /// The peer this rekeys with; `None` for a first contact (a probe).
+    pub rekey_of: Option<NodeId>,
+    pub exchange: Exchange,
+}
+
+/// A handshake this host answered, awaiting its last message.
+pub(crate) struct Response {
+    pub state: Responder,
+    pub remote: SocketAddr,
+    pub local: IpAddr,
+    pub their_index: u32,
+    /// The Handshake Response, sent again (with fresh timestamps) for a
+    /// retransmitted Init.
+    pub message: roam_wire::Message,
+    pub created: Instant,
+}
+
+/// What this host knows of one of a peer's addresses (return routability).
+#[derive(Clone, Debug)]
+pub struct Path {
+    /// It has shown it receives what is sent there (a handshake with it completed, or
+    /// it echoed a challenge).
+    pub validated: bool,
+    /// Control bytes received from and sent to it while unvalidated.
+    pub received: u64,
+    pub sent: u64,
+    pub(crate) challenge: Option<Challenge>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Challenge {
+    pub token: [u8; 16],
+    pub port: u16,
+    pub exchange: Exchange,
+}
+
+impl Path {
+    pub(crate) fn validated() -> Path {
+        Path {
+            validated: true,
+            received: 0,
+            sent: 0,
+            challenge: None,
+        }
+    }
+
+    pub(crate) fn unvalidated() -> Path {
+        Path {
+            validated: false,
+            received: 0,
+            sent: 0,
+            challenge: None,
+        }
+    }
+
+    /// Whether `len` more bytes may be sent there under `cap` and three times what came.
+    pub(crate) fn may_send(&self, len: usize, cap: u64) -> bool {
+        self.validated || self.sent + len as u64 <= cap.min(self.received.saturating_mul(3))
     }
 }
 

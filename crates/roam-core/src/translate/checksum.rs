@@ -1,4 +1,18 @@
 //! The Internet checksum (RFC 1071) and its incremental update (RFC 1624).
+//!
+//! The rewriter only ever *updates* checksums ([`update`], [`update_addr`],
+//! [`update_u16`]): RFC 1624 eqn. 3, `HC' = ~(~HC + ~m + m')`, costs a few additions per
+//! changed field whatever the packet's length, and it preserves a checksum that was
+//! wrong (a corrupted packet stays detectably corrupted after translation instead of
+//! being "repaired" by a recomputation). The full computations ([`checksum`],
+//! [`pseudo_header`], [`verifies`]) are for tests, fuzz invariants and verification.
+//!
+//! Two zeros: one's complement has +0 (`0000`) and -0 (`ffff`). A full computation never
+//! yields `ffff` unless every summed word is zero; eqn. 3 may yield `0000` where a full
+//! computation would give `0000` too. Both forms verify. UDP gives `0000` a meaning of
+//! its own (below, [`udp_final`]).
+
+use std::net::IpAddr;
 
 /// One's-complement sum of `data` as big-endian 16-bit words (an odd last byte is
 /// padded with zero), added to `acc`. Not folded.
@@ -26,8 +40,34 @@ pub fn fold(mut acc: u32) -> u16 {
 }
 
 /// The checksum of `data` (RFC 1071): the complement of its one's-complement sum.
+/// `data` must hold zero where its checksum field is.
 pub fn checksum(data: &[u8]) -> u16 {
     !fold(sum(data, 0))
+}
+
+/// The unfolded sum of a TCP/UDP/ICMPv6 pseudo-header: RFC 793 §3.1 / RFC 768 for IPv4
+/// (source, destination, zero, protocol, length), RFC 8200 §8.1 for IPv6 (source,
+/// destination, 32-bit upper-layer length, zeros, next header). `len` is the length of
+/// the transport header plus payload. Both addresses are of one family (the layout
+/// follows `src`'s).
+pub fn pseudo_header(src: &IpAddr, dst: &IpAddr, protocol: u8, len: usize) -> u32 {
+    let mut acc = addr_sum(dst, addr_sum(src, 0));
+    match src {
+        IpAddr::V4(_) => {
+            acc = sum(&[0, protocol], acc);
+            sum(&(len as u16).to_be_bytes(), acc)
+        }
+        IpAddr::V6(_) => {
+            acc = sum(&(len as u32).to_be_bytes(), acc);
+            sum(&[0, 0, 0, protocol], acc)
+        }
+    }
+}
+
+/// Whether `data`, which contains its own checksum field, verifies: its sum plus `acc`
+/// (a pseudo-header's, or 0) is all ones (RFC 1071 §1 "the result is checked").
+pub fn verifies(acc: u32, data: &[u8]) -> bool {
+    fold(sum(data, acc)) == 0xffff
 }
 
 /// RFC 1624 eqn. 3: the checksum `hc` after the bytes `old` (of even length, at an even
@@ -39,14 +79,41 @@ pub fn update(hc: u16, old: &[u8], new: &[u8]) -> u16 {
     !fold(acc)
 }
 
-/// [`update`] for a 16-bit field.
+/// [`update`] for a 16-bit field (a port).
 pub fn update_u16(hc: u16, old: u16, new: u16) -> u16 {
     update(hc, &old.to_be_bytes(), &new.to_be_bytes())
+}
+
+/// [`update`] for an address (4 or 16 bytes; always at an even offset of an IPv4 or
+/// IPv6 header or pseudo-header). Addresses of different families do not replace one
+/// another: `hc` is returned unchanged (the table refuses such mappings).
+pub fn update_addr(hc: u16, old: &IpAddr, new: &IpAddr) -> u16 {
+    match (old, new) {
+        (IpAddr::V4(o), IpAddr::V4(n)) => update(hc, &o.octets(), &n.octets()),
+        (IpAddr::V6(o), IpAddr::V6(n)) => update(hc, &o.octets(), &n.octets()),
+        _ => hc,
+    }
+}
+
+/// What a UDP checksum field must hold once computed or updated to `c`: RFC 768 sends a
+/// computed zero as all ones, because a zero field means "no checksum" (over IPv4;
+/// RFC 8200 §8.1 keeps the rule for IPv6, where zero is not allowed at all).
+pub fn udp_final(c: u16) -> u16 {
+    if c == 0 { 0xffff } else { c }
+}
+
+fn addr_sum(a: &IpAddr, acc: u32) -> u32 {
+    match a {
+        IpAddr::V4(v4) => sum(&v4.octets(), acc),
+        IpAddr::V6(v6) => sum(&v6.octets(), acc),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     #[test]
     fn the_rfc1071_example_sums_to_ddf2() {
@@ -64,11 +131,73 @@ mod tests {
         ];
         let c = checksum(&data);
         data[10..12].copy_from_slice(&c.to_be_bytes());
-        assert_eq!(checksum(&data), 0);
+        assert!(verifies(0, &data));
         let old = data[12..16].to_vec();
         data[12..16].copy_from_slice(&[192, 168, 200, 77]);
         let hc = update(c, &old, &data[12..16]);
         data[10..12].copy_from_slice(&[0, 0]);
         assert_eq!(hc, checksum(&data));
+    }
+
+    #[test]
+    fn rfc1624_section_4_example_gives_0000_not_ffff() {
+        // RFC 1624 §4: HC = 0xdd2f, m = 0x5555 -> m' = 0x3285: eqn. 3 gives 0x0000
+        // (eqn. 2 of RFC 1141 would give the -0 form 0xffff).
+        assert_eq!(update_u16(0xdd2f, 0x5555, 0x3285), 0x0000);
+    }
+
+    #[test]
+    fn a_udp_checksum_that_computes_to_zero_is_sent_as_ffff() {
+        assert_eq!(udp_final(0), 0xffff);
+        assert_eq!(udp_final(0x1234), 0x1234);
+    }
+
+    fn addr() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            any::<[u8; 4]>().prop_map(|o| IpAddr::V4(Ipv4Addr::from(o))),
+            any::<[u8; 16]>().prop_map(|o| IpAddr::V6(Ipv6Addr::from(o))),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn incremental_updates_of_addresses_and_ports_equal_full_recomputation(
+            a in addr(), b in addr(), sp in any::<u16>(), dp in any::<u16>(),
+            np in any::<u16>(), payload in proptest::collection::vec(any::<u8>(), 0..64),
+            seed in any::<[u8; 16]>(),
+        ) {
+            // A UDP-like segment: ports, length, checksum, payload.
+            let mut seg = Vec::new();
+            seg.extend_from_slice(&sp.to_be_bytes());
+            seg.extend_from_slice(&dp.to_be_bytes());
+            seg.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+            seg.extend_from_slice(&[0, 0]);
+            seg.extend_from_slice(&payload);
+            let src = a;
+            let dst = match a {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(&seed[..4]).unwrap())),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(seed)),
+            };
+            let full = |src: &IpAddr, dst: &IpAddr, seg: &[u8]| {
+                !fold(sum(seg, pseudo_header(src, dst, 17, seg.len())))
+            };
+            let c = full(&src, &dst, &seg);
+            seg[6..8].copy_from_slice(&c.to_be_bytes());
+            prop_assert!(verifies(pseudo_header(&src, &dst, 17, seg.len()), &seg));
+            // Replace the source address (same family) and the source port.
+            let new_src = match (a, b) {
+                (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => b,
+                _ => dst,
+            };
+            let mut hc = update_addr(c, &src, &new_src);
+            hc = update_u16(hc, sp, np);
+            seg[0..2].copy_from_slice(&np.to_be_bytes());
+            seg[6..8].copy_from_slice(&hc.to_be_bytes());
+            prop_assert!(verifies(pseudo_header(&new_src, &dst, 17, seg.len()), &seg));
+            // Both zeros verify, so compare with the recomputation up to -0 == +0.
+            seg[6..8].copy_from_slice(&[0, 0]);
+            let recomputed = full(&new_src, &dst, &seg);
+            prop_assert!(hc == recomputed || (hc, recomputed) == (0, 0xffff) || (hc, recomputed) == (0xffff, 0));
+        }
     }
 }

@@ -1,17 +1,25 @@
 //! The packet rewriter (seed 000 ¶0051-¶0055, FIG. 7): egress packets go from their
 //! original tuple to the current one, ingress packets back. Addresses and ports are
 //! patched in place and every checksum they enter is updated incrementally (RFC 1624):
-//! the IPv4 header checksum, the TCP/UDP checksum (whose pseudo-header holds the
-//! addresses, RFC 793 §3.1 / RFC 768 / RFC 8200 §8.1), and for ICMP errors the quoted
-//! packet's headers and the ICMP checksum (RFC 792 / RFC 4443 §2.3).
+//! the IPv4 header checksum (RFC 791 §3.1), the TCP/UDP checksum (whose pseudo-header
+//! holds the addresses, RFC 9293 §3.1 / RFC 768 / RFC 8200 §8.1), and for ICMP errors
+//! the quoted packet's headers and the ICMP checksum (RFC 792 / RFC 4443 §2.3).
 //!
 //! Parsing (header lengths, IPv4 options, IPv6 extension headers, fragmentation) is
 //! etherparse's; the rewrite is roam's. Nothing allocates. A packet that does not parse
-//! gives an error and is left unchanged.
+//! gives an error and is left unchanged; every verdict but [`Verdict::Translated`]
+//! leaves it unchanged too.
+//!
+//! Precedence, per packet: a 5-tuple entry ([`FlowMapping`](super::FlowMapping)) beats
+//! an address entry ([`AddressMapping`](super::AddressMapping)); packets without ports
+//! (non-first fragments, ICMP other than errors, other protocols) can only match
+//! address entries.
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 
+use etherparse::err::Layer;
+use etherparse::err::ip::{HeaderError, HeadersError, SliceError};
 use etherparse::{IpSlice, LaxIpSlice};
 use thiserror::Error;
 
@@ -22,40 +30,60 @@ use super::tuple::{Protocol, Side, Tuple};
 /// Which way a packet crosses the data plane.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Direction {
-    /// From the local stack to the wire: original -> current.
+    /// From the local stack to the wire (`src` is this host): original -> current.
     Egress,
-    /// From the wire to the local stack: current -> original.
+    /// From the wire to the local stack (`dst` is this host): current -> original.
     Ingress,
 }
 
-/// What the rewriter did with a packet.
+impl Direction {
+    /// The other direction: the way a packet quoted in an ICMP error travelled.
+    pub const fn reversed(self) -> Direction {
+        match self {
+            Direction::Egress => Direction::Ingress,
+            Direction::Ingress => Direction::Egress,
+        }
+    }
+}
+
+/// What the rewriter did with a packet. Only `Translated` modifies it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// No entry applies: the packet passes as it is.
     Untouched,
     /// Rewritten in place.
     Translated,
-    /// Egress packet of a flow whose move is not yet confirmed: not modified; queue it
-    /// (or drop it) and translate again once the entry is released.
+    /// Egress packet of a flow whose entry has `hold` set (its move is not yet
+    /// confirmed, seed 001 FIG. 3 step 305): not modified; queue it (or drop it) and
+    /// translate it again once the entry is released. Never returned on ingress.
     Hold,
-    /// The packet's tuple collides with a translated flow (seed 000 ¶0067-¶0069):
-    /// ingress, a TCP SYN whose tuple is some entry's original (a new connection from
-    /// a host that took over a moved peer's address and port); egress, any packet whose
-    /// tuple is some entry's current. Not modified. The tuple is from this host's point
-    /// of view.
+    /// The packet's tuple collides with a translated flow (seed 000 ¶0067-¶0069). Not
+    /// modified. The tuple is from this host's point of view.
+    /// - Ingress: the tuple is some entry's *original* but no entry's current: a packet
+    ///   from whoever holds a moved peer's old address and port now (or a straggler of
+    ///   the old path). Delivering it would put it into the migrated connection.
+    /// - Egress: the tuple is some entry's *current* but no entry's original: the local
+    ///   stack opened a flow whose tuple is already on the wire for a moved flow.
+    ///
+    /// What to do (remap, drop) is the caller's policy, not the rewriter's.
     Conflict(Tuple),
 }
 
 /// The flow a packet belongs to, from this host's point of view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PacketFlow {
+    /// A TCP or UDP packet (or first fragment): egress `local = src`, ingress `local = dst`.
     Transport(Tuple),
-    /// An ICMP error about a packet of this flow.
+    /// An ICMP or ICMPv6 error about a TCP or UDP packet of this flow. The quoted packet
+    /// travelled the other way: on ingress it is one this host sent (`local` = quoted
+    /// `src`), on egress one it received (`local` = quoted `dst`).
     IcmpError(Tuple),
+    /// Anything else (no ports to name a flow by).
     Other,
 }
 
-/// Why a packet could not be handled. The packet is left unchanged.
+/// Why a packet could not be handled. The packet is left unchanged. Each variant is one
+/// drop reason; [`PacketError::reason`] names it for counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum PacketError {
@@ -63,14 +91,24 @@ pub enum PacketError {
     Empty,
     #[error("IP version {0} is neither 4 nor 6")]
     Version(u8),
-    #[error("IP header truncated or malformed")]
-    IpHeader,
+    #[error("IP header truncated")]
+    TruncatedIpHeader,
+    #[error("IPv4 header length {0} is below the minimum of 5 words")]
+    BadIhl(u8),
     #[error("IP length field disagrees with the packet")]
-    IpLength,
-    #[error("{0} header truncated")]
-    TransportTruncated(&'static str),
-    #[error("ICMP error quotes a packet that is not IP of the same family")]
-    IcmpQuote,
+    BadIpLength,
+    #[error("IP extension header truncated or malformed")]
+    BadExtensionHeader,
+    #[error("TCP header truncated before its checksum")]
+    TruncatedTcp,
+    #[error("UDP header truncated")]
+    TruncatedUdp,
+    #[error("ICMP header truncated")]
+    TruncatedIcmp,
+    #[error("ICMP error does not quote a whole IP header")]
+    BadIcmpQuote,
+    #[error("ICMP error quotes a packet of the other IP family")]
+    IcmpQuoteFamily,
 }
 
 impl PacketError {
@@ -79,10 +117,36 @@ impl PacketError {
         match self {
             PacketError::Empty => "empty",
             PacketError::Version(_) => "bad_ip_version",
-            PacketError::IpHeader => "bad_ip_header",
-            PacketError::IpLength => "bad_ip_length",
-            PacketError::TransportTruncated(_) => "truncated_transport",
-            PacketError::IcmpQuote => "bad_icmp_quote",
+            PacketError::TruncatedIpHeader => "truncated_ip_header",
+            PacketError::BadIhl(_) => "bad_ipv4_ihl",
+            PacketError::BadIpLength => "bad_ip_length",
+            PacketError::BadExtensionHeader => "bad_extension_header",
+            PacketError::TruncatedTcp => "truncated_tcp",
+            PacketError::TruncatedUdp => "truncated_udp",
+            PacketError::TruncatedIcmp => "truncated_icmp",
+            PacketError::BadIcmpQuote => "bad_icmp_quote",
+            PacketError::IcmpQuoteFamily => "icmp_quote_family",
+        }
+    }
+}
+
+fn slice_error(e: &SliceError) -> PacketError {
+    match e {
+        SliceError::Len(l) => match l.layer {
+            Layer::IpHeader | Layer::Ipv4Header | Layer::Ipv6Header => PacketError::TruncatedIpHeader,
+            // RFC 791 total length / RFC 8200 payload length: shorter than the header,
+            // or longer than the packet.
+            Layer::Ipv4Packet | Layer::Ipv6Packet => PacketError::BadIpLength,
+            _ => PacketError::BadExtensionHeader,
+        },
+        SliceError::IpHeaders(HeadersError::Ip(HeaderError::UnsupportedIpVersion { version_number })) => {
+            PacketError::Version(*version_number)
+        }
+        SliceError::IpHeaders(HeadersError::Ip(HeaderError::Ipv4HeaderLengthSmallerThanHeader { ihl })) => {
+            PacketError::BadIhl(*ihl)
+        }
+        SliceError::IpHeaders(HeadersError::Ipv4Ext(_) | HeadersError::Ipv6Ext(_)) => {
+            PacketError::BadExtensionHeader
         }
     }
 }
@@ -96,11 +160,14 @@ const ICMPV6: u8 = 58;
 enum Fragment {
     /// Not fragmented, or the first fragment: the transport header is here.
     HasHeader,
-    /// A later fragment: no transport header.
+    /// A later fragment (RFC 791 fragment offset, RFC 8200 §4.5 Fragment Offset > 0):
+    /// no transport header, so no ports.
     Later,
 }
 
-/// Where things are in an IP packet.
+/// Where things are in an IP packet. Every offset and range here lies inside the
+/// buffer the layout was made from: etherparse proved it (its slices are sub-slices of
+/// the buffer), so the indexing below cannot go out of bounds.
 #[derive(Clone, Debug)]
 struct Layout {
     src: IpAddr,
@@ -111,7 +178,8 @@ struct Layout {
     /// Offset of the IPv4 header checksum.
     ipv4_checksum_at: Option<usize>,
     proto: u8,
-    /// The IP payload (bounded by the length fields; truncated for quotes).
+    /// The IP payload after extension headers (bounded by the length fields; for a
+    /// quote, by what was quoted).
     l4: Range<usize>,
     fragment: Fragment,
 }
@@ -119,6 +187,10 @@ struct Layout {
 impl Layout {
     fn is_v6(&self) -> bool {
         self.src.is_ipv6()
+    }
+
+    fn icmp_number(&self) -> u8 {
+        if self.is_v6() { ICMPV6 } else { ICMPV4 }
     }
 
     /// From a parsed IPv4 header; `payload` is a sub-slice of `pkt`.
@@ -160,8 +232,9 @@ impl Layout {
     }
 }
 
+/// Where `inner` (a sub-slice etherparse returned) starts within `outer`.
 fn offset_in(outer: &[u8], inner: &[u8]) -> usize {
-    inner.as_ptr() as usize - outer.as_ptr() as usize
+    (inner.as_ptr() as usize).saturating_sub(outer.as_ptr() as usize)
 }
 
 /// Whether an IPv6 packet is a fragment other than the first: walks the extension
@@ -210,13 +283,45 @@ fn check_version(pkt: &[u8]) -> Result<(), PacketError> {
 /// A whole packet, strictly: its length fields must hold.
 fn layout(pkt: &[u8]) -> Result<Layout, PacketError> {
     check_version(pkt)?;
-    let ip = IpSlice::from_slice(pkt).map_err(|e| match e {
-        etherparse::err::ip::SliceError::Len(_) => PacketError::IpLength,
-        _ => PacketError::IpHeader,
-    })?;
-    Ok(match &ip {
-        IpSlice::Ipv4(v4) => Layout::v4(pkt, &v4.header(), v4.payload().ip_number.0, v4.payload().payload),
-        IpSlice::Ipv6(v6) => Layout::v6(
+    match IpSlice::from_slice(pkt) {
+        Ok(IpSlice::Ipv4(v4)) => Ok(Layout::v4(
+            pkt,
+            &v4.header(),
+            v4.payload().ip_number.0,
+            v4.payload().payload,
+        )),
+        Ok(IpSlice::Ipv6(v6)) => Ok(Layout::v6(
+            pkt,
+            &v6.header(),
+            v6.extensions().slice(),
+            v6.payload().ip_number.0,
+            v6.payload().payload,
+        )),
+        Err(e) => {
+            let err = slice_error(&e);
+            // A later fragment carries the middle of the original payload, but its
+            // headers still name what follows the Fragment header (RFC 8200 §4.5: the
+            // first header of the Fragmentable Part; or an IPv4 AH): etherparse then
+            // parses payload bytes as extension headers and may fail. The IP header and
+            // lengths passed (they are checked first), so such a fragment is valid.
+            if err == PacketError::BadExtensionHeader
+                && let Some(l) = layout_lax(pkt)
+                && l.fragment == Fragment::Later
+            {
+                return Ok(l);
+            }
+            Err(err)
+        }
+    }
+}
+
+/// The IP header must be whole; the payload may be cut short, and extension headers
+/// are parsed as far as they go.
+fn layout_lax(pkt: &[u8]) -> Option<Layout> {
+    let (ip, _) = LaxIpSlice::from_slice(pkt).ok()?;
+    Some(match &ip {
+        LaxIpSlice::Ipv4(v4) => Layout::v4(pkt, &v4.header(), v4.payload().ip_number.0, v4.payload().payload),
+        LaxIpSlice::Ipv6(v6) => Layout::v6(
             pkt,
             &v6.header(),
             v6.extensions().slice(),
@@ -227,35 +332,49 @@ fn layout(pkt: &[u8]) -> Result<Layout, PacketError> {
 }
 
 /// A quoted packet (RFC 792: "Internet Header + 64 bits of Original Data Datagram";
-/// RFC 4443: "as much of invoking packet as possible"): its header must be whole, its
-/// payload may be cut short.
+/// RFC 1812 §4.3.2.3 and RFC 4443 §2.4(c): as much as fits): its IP header must be
+/// whole, its payload may be cut short.
 fn layout_quote(quote: &[u8]) -> Result<Layout, PacketError> {
-    check_version(quote).map_err(|_| PacketError::IcmpQuote)?;
-    let (ip, _) = LaxIpSlice::from_slice(quote).map_err(|_| PacketError::IcmpQuote)?;
-    Ok(match &ip {
-        LaxIpSlice::Ipv4(v4) => Layout::v4(
-            quote,
-            &v4.header(),
-            v4.payload().ip_number.0,
-            v4.payload().payload,
-        ),
-        LaxIpSlice::Ipv6(v6) => Layout::v6(
-            quote,
-            &v6.header(),
-            v6.extensions().slice(),
-            v6.payload().ip_number.0,
-            v6.payload().payload,
-        ),
-    })
+    check_version(quote).map_err(|_| PacketError::BadIcmpQuote)?;
+    layout_lax(quote).ok_or(PacketError::BadIcmpQuote)
 }
 
-/// Offset (within the transport header) of the TCP/UDP checksum, and the header length
-/// a whole packet must have.
-fn transport_fields(proto: u8) -> Option<(Protocol, usize, usize)> {
-    match proto {
-        TCP => Some((Protocol::Tcp, 16, 20)),
-        UDP => Some((Protocol::Udp, 6, 8)),
-        _ => None,
+/// A transport protocol roam translates, and where its checksum is.
+#[derive(Clone, Copy, Debug)]
+struct Transport {
+    protocol: Protocol,
+    /// Offset of the checksum within the transport header: 16 for TCP (RFC 9293 §3.1),
+    /// 6 for UDP (RFC 768).
+    checksum_at: usize,
+}
+
+impl Transport {
+    fn of(proto: u8) -> Option<Transport> {
+        match proto {
+            TCP => Some(Transport {
+                protocol: Protocol::Tcp,
+                checksum_at: 16,
+            }),
+            UDP => Some(Transport {
+                protocol: Protocol::Udp,
+                checksum_at: 6,
+            }),
+            _ => None,
+        }
+    }
+
+    fn truncated(self) -> PacketError {
+        match self.protocol {
+            Protocol::Tcp => PacketError::TruncatedTcp,
+            Protocol::Udp => PacketError::TruncatedUdp,
+        }
+    }
+
+    /// UDP's zero checksum means "none" (RFC 768) and must stay zero. Over IPv6 zero is
+    /// invalid (RFC 8200 §8.1) except where RFC 6935/6936 allow it for tunnels; either
+    /// way an update could only turn it into a wrong non-zero value, so it stays too.
+    fn zero_means_none(self) -> bool {
+        self.protocol == Protocol::Udp
     }
 }
 
@@ -264,15 +383,20 @@ fn ports(b: &[u8]) -> Option<(u16, u16)> {
     Some((u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]])))
 }
 
-/// A TCP segment that opens a connection: SYN without ACK (RFC 9293 §3.5).
-fn is_bare_syn(tcp: &[u8]) -> bool {
-    tcp.get(13).is_some_and(|f| f & 0x12 == 0x02)
+/// The ports of a TCP or UDP packet whose header holds at least its ports and its
+/// checksum (a first fragment could, against RFC 1858 / RFC 8200 §4.5, cut it short).
+fn transport_ports(pkt: &[u8], l: &Layout, t: Transport) -> Result<(u16, u16), PacketError> {
+    match pkt.get(l.l4.clone()) {
+        Some(l4) if l4.len() >= t.checksum_at + 2 => ports(l4).ok_or(t.truncated()),
+        _ => Err(t.truncated()),
+    }
 }
 
 /// ICMP messages that quote the packet that caused them.
 fn is_icmp_error(v6: bool, icmp_type: u8) -> bool {
     if v6 {
-        // RFC 4443: destination unreachable, packet too big, time exceeded, parameter problem.
+        // RFC 4443 §3: destination unreachable, packet too big, time exceeded,
+        // parameter problem.
         matches!(icmp_type, 1..=4)
     } else {
         // RFC 792: destination unreachable, source quench, redirect, time exceeded,
@@ -288,48 +412,55 @@ fn tuple_of(dir: Direction, proto: Protocol, src: SocketAddr, dst: SocketAddr) -
     }
 }
 
+/// Whether the packet laid out as `l` is an ICMP or ICMPv6 error (a first fragment or
+/// whole); `Err` if it is ICMP but too short to say.
+fn icmp_error_at(pkt: &[u8], l: &Layout) -> Result<bool, PacketError> {
+    if l.fragment != Fragment::HasHeader || l.proto != l.icmp_number() {
+        return Ok(false);
+    }
+    // Every ICMP and ICMPv6 message has at least type, code, checksum and 4 more bytes.
+    match pkt.get(l.l4.clone()) {
+        Some(icmp) if icmp.len() >= 8 => Ok(is_icmp_error(l.is_v6(), icmp[0])),
+        _ => Err(PacketError::TruncatedIcmp),
+    }
+}
+
+/// The transport protocol and ports of a quoted packet, if it has them.
+fn quoted_ports(quote: &[u8], q: &Layout) -> Option<(Transport, u16, u16)> {
+    let t = Transport::of(q.proto)?;
+    if q.fragment != Fragment::HasHeader {
+        return None;
+    }
+    let (sp, dp) = ports(quote.get(q.l4.clone())?)?;
+    Some((t, sp, dp))
+}
+
 /// The flow of a packet, without changing anything.
 pub fn packet_flow(dir: Direction, pkt: &[u8]) -> Result<PacketFlow, PacketError> {
     let l = layout(pkt)?;
-    let l4 = &pkt[l.l4.clone()];
     if l.fragment == Fragment::HasHeader
-        && let Some((proto, _, _)) = transport_fields(l.proto)
+        && let Some(t) = Transport::of(l.proto)
     {
-        let (sp, dp) = ports(l4).ok_or(PacketError::TransportTruncated(if proto == Protocol::Tcp {
-            "TCP"
-        } else {
-            "UDP"
-        }))?;
+        let (sp, dp) = transport_ports(pkt, &l, t)?;
         return Ok(PacketFlow::Transport(tuple_of(
             dir,
-            proto,
+            t.protocol,
             SocketAddr::new(l.src, sp),
             SocketAddr::new(l.dst, dp),
         )));
     }
-    let icmp = if l.is_v6() { ICMPV6 } else { ICMPV4 };
-    if l.proto == icmp
-        && l.fragment == Fragment::HasHeader
-        && l4.len() >= 8
-        && is_icmp_error(l.is_v6(), l4[0])
-    {
-        let quote = &l4[8..];
+    if icmp_error_at(pkt, &l)? {
+        let quote = pkt.get(l.l4.start + 8..l.l4.end).unwrap_or_default();
         let q = layout_quote(quote)?;
         if q.is_v6() != l.is_v6() {
-            return Err(PacketError::IcmpQuote);
+            return Err(PacketError::IcmpQuoteFamily);
         }
-        if let (Some((proto, _, _)), Fragment::HasHeader) = (transport_fields(q.proto), q.fragment)
-            && let Some((sp, dp)) = ports(&quote[q.l4.clone()])
-        {
-            // The quote travelled the other way: what we sent, if it arrives; what we
-            // received, if we send the error.
-            let back = match dir {
-                Direction::Egress => Direction::Ingress,
-                Direction::Ingress => Direction::Egress,
-            };
+        if let Some((t, sp, dp)) = quoted_ports(quote, &q) {
+            // The quote travelled the other way: what we sent, if the error arrives;
+            // what we received, if we send the error.
             return Ok(PacketFlow::IcmpError(tuple_of(
-                back,
-                proto,
+                dir.reversed(),
+                t.protocol,
                 SocketAddr::new(q.src, sp),
                 SocketAddr::new(q.dst, dp),
             )));
@@ -355,8 +486,15 @@ impl Rewrite {
             && self.dport.is_none_or(|p| p == dp)
     }
 
-    /// The rewrite that takes a packet of `from` (src, dst from this host's view in
-    /// `dir`) to `to`.
+    fn addresses_only(self) -> Rewrite {
+        Rewrite {
+            sport: None,
+            dport: None,
+            ..self
+        }
+    }
+
+    /// The rewrite that makes a packet travelling `dir` carry the tuple `to`.
     fn between(dir: Direction, to: &Tuple) -> Rewrite {
         let (src, dst) = match dir {
             Direction::Egress => (to.local, to.remote),
@@ -370,7 +508,9 @@ impl Rewrite {
         }
     }
 
-    /// Address-only mappings for a packet going `dir` with these addresses.
+    /// Address-only mappings for a packet travelling `dir` with these addresses:
+    /// egress, original -> current (Local: the source, Remote: the destination);
+    /// ingress, current -> original (Remote: the source, Local: the destination).
     fn from_addresses(table: &TranslationTable, dir: Direction, src: IpAddr, dst: IpAddr) -> Rewrite {
         if !table.has_addresses() {
             return Rewrite::default();
@@ -391,29 +531,34 @@ impl Rewrite {
             ..Rewrite::default()
         }
     }
-}
 
-fn ip_bytes(a: &IpAddr) -> ([u8; 16], usize) {
-    let mut b = [0u8; 16];
-    match a {
-        IpAddr::V4(v4) => {
-            b[..4].copy_from_slice(&v4.octets());
-            (b, 4)
+    /// Address-only mappings for the packet quoted by an ICMP error travelling `dir`.
+    /// The quote travelled the other way and was translated then; this undoes
+    /// (ingress) or redoes (egress) that, keeping the quote's orientation:
+    /// - ingress: we sent it (src = our current address, dst = the peer's current):
+    ///   back to the originals;
+    /// - egress: we received it (src = the peer's original, dst = ours): to the
+    ///   currents, as it was on the wire.
+    fn quote_addresses(table: &TranslationTable, dir: Direction, src: IpAddr, dst: IpAddr) -> Rewrite {
+        if !table.has_addresses() {
+            return Rewrite::default();
         }
-        IpAddr::V6(v6) => {
-            b.copy_from_slice(&v6.octets());
-            (b, 16)
+        let (src, dst) = match dir {
+            Direction::Ingress => (
+                table.address_original(Side::Local, src),
+                table.address_original(Side::Remote, dst),
+            ),
+            Direction::Egress => (
+                table.address_current(Side::Remote, src),
+                table.address_current(Side::Local, dst),
+            ),
+        };
+        Rewrite {
+            src,
+            dst,
+            ..Rewrite::default()
         }
     }
-}
-
-/// Overwrites the address at `at` and returns the old bytes (for checksum updates).
-fn put_addr(pkt: &mut [u8], at: usize, new: &IpAddr) -> ([u8; 16], usize) {
-    let (b, n) = ip_bytes(new);
-    let mut old = [0u8; 16];
-    old[..n].copy_from_slice(&pkt[at..at + n]);
-    pkt[at..at + n].copy_from_slice(&b[..n]);
-    (old, n)
 }
 
 fn get_u16(b: &[u8], at: usize) -> u16 {
@@ -424,22 +569,39 @@ fn put_u16(b: &mut [u8], at: usize, v: u16) {
     b[at..at + 2].copy_from_slice(&v.to_be_bytes());
 }
 
-/// Applies `rw` to the IP header and transport header of the packet laid out as `l`
-/// inside `buf`. The transport checksum is updated if `l4_checksum` says where it is:
-/// `(offset in buf, zero means "no checksum")`; it covers the pseudo-header, so address
-/// changes enter it too. Bytes are only written where the layout proved they exist.
-fn apply(buf: &mut [u8], l: &Layout, rw: &Rewrite, l4_checksum: Option<(usize, bool)>) {
-    let mut l4_sum = l4_checksum.and_then(|(at, zero_absent)| {
-        let c = get_u16(buf, at);
-        (!(zero_absent && c == 0)).then_some(c)
+fn put_addr(b: &mut [u8], at: usize, a: &IpAddr) {
+    match a {
+        IpAddr::V4(v4) => b[at..at + 4].copy_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => b[at..at + 16].copy_from_slice(&v6.octets()),
+    }
+}
+
+/// Where a transport checksum is, and whether zero there means "no checksum".
+#[derive(Clone, Copy)]
+struct ChecksumField {
+    at: usize,
+    zero_means_none: bool,
+}
+
+/// Applies `rw` to the packet laid out as `l` inside `buf`: addresses (and the IPv4
+/// header checksum), ports if the transport header holds them, and the transport
+/// checksum at `l4_checksum` if given (it covers the pseudo-header, so address changes
+/// enter it too). RFC 1624 updates commute, so their order does not matter.
+fn apply(buf: &mut [u8], l: &Layout, rw: &Rewrite, l4_checksum: Option<ChecksumField>) {
+    let mut l4_sum = l4_checksum.and_then(|f| {
+        let c = get_u16(buf, f.at);
+        // RFC 768: a UDP (over IPv4) checksum of zero means none; it stays zero.
+        (!(f.zero_means_none && c == 0)).then_some(c)
     });
     let mut ip_sum = l.ipv4_checksum_at.map(|at| get_u16(buf, at));
-    for (at, new) in [(l.src_at, rw.src), (l.dst_at, rw.dst)] {
+    for (at, old, new) in [(l.src_at, l.src, rw.src), (l.dst_at, l.dst, rw.dst)] {
         let Some(new) = new else { continue };
-        let (old, n) = put_addr(buf, at, &new);
-        let (newb, _) = ip_bytes(&new);
-        ip_sum = ip_sum.map(|c| checksum::update(c, &old[..n], &newb[..n]));
-        l4_sum = l4_sum.map(|c| checksum::update(c, &old[..n], &newb[..n]));
+        if new == old || new.is_ipv4() != old.is_ipv4() {
+            continue;
+        }
+        put_addr(buf, at, &new);
+        ip_sum = ip_sum.map(|c| checksum::update_addr(c, &old, &new));
+        l4_sum = l4_sum.map(|c| checksum::update_addr(c, &old, &new));
     }
     let l4 = l.l4.start;
     for (at, new) in [(l4, rw.sport), (l4 + 2, rw.dport)] {
@@ -454,52 +616,47 @@ fn apply(buf: &mut [u8], l: &Layout, rw: &Rewrite, l4_checksum: Option<(usize, b
     if let (Some(at), Some(c)) = (l.ipv4_checksum_at, ip_sum) {
         put_u16(buf, at, c);
     }
-    if let (Some((at, zero_absent)), Some(mut c)) = (l4_checksum, l4_sum) {
-        // RFC 768: a computed UDP checksum of zero is sent as all ones.
-        if zero_absent && c == 0 {
-            c = 0xffff;
-        }
-        put_u16(buf, at, c);
+    if let (Some(f), Some(c)) = (l4_checksum, l4_sum) {
+        put_u16(
+            buf,
+            f.at,
+            if f.zero_means_none {
+                checksum::udp_final(c)
+            } else {
+                c
+            },
+        );
     }
 }
 
 /// Translates one packet in place. See [`Verdict`] for what each outcome asks of the
-/// caller.
+/// caller; any verdict but `Translated`, and any error, leaves the packet unchanged.
 pub fn translate(table: &TranslationTable, dir: Direction, pkt: &mut [u8]) -> Result<Verdict, PacketError> {
     let l = layout(pkt)?;
     if l.fragment == Fragment::HasHeader
-        && let Some((proto, csum_at, min_len)) = transport_fields(l.proto)
+        && let Some(t) = Transport::of(l.proto)
     {
-        return translate_transport(table, dir, pkt, &l, proto, csum_at, min_len);
+        return translate_transport(table, dir, pkt, &l, t);
     }
-    let icmp = if l.is_v6() { ICMPV6 } else { ICMPV4 };
-    if l.proto == icmp && l.fragment == Fragment::HasHeader {
-        let l4 = &pkt[l.l4.clone()];
-        if l4.len() < 8 {
-            return Err(PacketError::TransportTruncated("ICMP"));
-        }
-        if is_icmp_error(l.is_v6(), l4[0]) {
-            return translate_icmp_error(table, dir, pkt, &l);
-        }
+    if icmp_error_at(pkt, &l)? {
+        return translate_icmp_error(table, dir, pkt, &l);
     }
-    // Anything else: only address mappings apply. ICMPv6's checksum covers the
-    // pseudo-header; other protocols' checksums (if any) are not roam's to know.
+    // Anything else (no ports): only address mappings apply. ICMPv6's checksum covers
+    // the pseudo-header (RFC 4443 §2.3) and must follow the addresses; ICMPv4's does
+    // not (RFC 792). Other protocols' checksums are not roam's to know. A later
+    // fragment's checksum is in the first fragment, which is updated for the same
+    // address change: the receiver's reassembled datagram verifies.
     let rw = Rewrite::from_addresses(table, dir, l.src, l.dst);
     if rw.is_noop(&l, 0, 0) {
         return Ok(Verdict::Untouched);
     }
-    let csum = (l.proto == ICMPV6 && l.fragment == Fragment::HasHeader && l.l4.len() >= 4)
-        .then_some((l.l4.start + 2, false));
-    apply(
-        pkt,
-        &l,
-        &Rewrite {
-            sport: None,
-            dport: None,
-            ..rw
+    let csum = (l.proto == ICMPV6 && l.fragment == Fragment::HasHeader && l.l4.len() >= 4).then_some(
+        ChecksumField {
+            at: l.l4.start + 2,
+            zero_means_none: false,
         },
-        csum,
     );
+    apply(pkt, &l, &rw.addresses_only(), csum);
     Ok(Verdict::Translated)
 }
 
@@ -508,50 +665,50 @@ fn translate_transport(
     dir: Direction,
     pkt: &mut [u8],
     l: &Layout,
-    proto: Protocol,
-    csum_at: usize,
-    min_len: usize,
+    t: Transport,
 ) -> Result<Verdict, PacketError> {
-    let name = if proto == Protocol::Tcp { "TCP" } else { "UDP" };
-    let l4 = &pkt[l.l4.clone()];
-    // A first fragment may carry less than a whole header; ports and checksum must be there.
-    if l4.len() < min_len.min(csum_at + 2) {
-        return Err(PacketError::TransportTruncated(name));
-    }
-    let (sp, dp) = ports(l4).ok_or(PacketError::TransportTruncated(name))?;
-    let tuple = tuple_of(dir, proto, SocketAddr::new(l.src, sp), SocketAddr::new(l.dst, dp));
+    let (sp, dp) = transport_ports(pkt, l, t)?;
+    let tuple = tuple_of(
+        dir,
+        t.protocol,
+        SocketAddr::new(l.src, sp),
+        SocketAddr::new(l.dst, dp),
+    );
     let rw = match dir {
         Direction::Egress => match table.flow_by_original(&tuple) {
             Some(m) if m.hold => return Ok(Verdict::Hold),
             Some(m) => Rewrite::between(dir, &m.current),
+            // Seed 000 ¶0069, the mirror case: the local stack uses a tuple that a
+            // moved flow uses on the wire; translating nothing would merge the two.
             None if table.flow_by_current(&tuple).is_some() => return Ok(Verdict::Conflict(tuple)),
             None => Rewrite::from_addresses(table, dir, l.src, l.dst),
         },
+        // Hold gates egress only: what arrives under the current tuple is the peer
+        // already using it, and is delivered.
         Direction::Ingress => match table.flow_by_current(&tuple) {
             Some(m) => Rewrite::between(dir, &m.original),
-            // The tuple is a moved flow's original. A SYN is a new connection from
-            // whoever holds that address now (seed 000 ¶0067); anything else is the
-            // old path draining (seed 001 FIG. 4 step 404: the non-migrator keeps
-            // receiving packets with the old address) and is already in original form.
-            None if table.flow_by_original(&tuple).is_some() => {
-                if proto == Protocol::Tcp && is_bare_syn(l4) {
-                    return Ok(Verdict::Conflict(tuple));
-                }
-                return Ok(Verdict::Untouched);
-            }
+            // Seed 000 ¶0067-¶0069: the tuple is a moved flow's original, which now
+            // belongs to whoever holds the peer's old address and port. Untranslated,
+            // the packet would enter the migrated connection.
+            None if table.flow_by_original(&tuple).is_some() => return Ok(Verdict::Conflict(tuple)),
             None => Rewrite::from_addresses(table, dir, l.src, l.dst),
         },
     };
     if rw.is_noop(l, sp, dp) {
         return Ok(Verdict::Untouched);
     }
-    let zero_absent = proto == Protocol::Udp;
-    apply(pkt, l, &rw, Some((l.l4.start + csum_at, zero_absent)));
+    let field = ChecksumField {
+        at: l.l4.start + t.checksum_at,
+        zero_means_none: t.zero_means_none(),
+    };
+    apply(pkt, l, &rw, Some(field));
     Ok(Verdict::Translated)
 }
 
-/// An ICMP error: rewrite the quoted packet as the flow it belongs to, the outer
-/// addresses that are that flow's, and the checksums.
+/// An ICMP error (RFC 792, RFC 4443): rewrite the quoted packet as the flow it belongs
+/// to, the outer addresses that are that flow's, and the checksums. Without this the
+/// local stack could not match an error to its socket (and Path MTU Discovery,
+/// RFC 1191 / RFC 8201, would break for translated flows).
 fn translate_icmp_error(
     table: &TranslationTable,
     dir: Direction,
@@ -559,125 +716,114 @@ fn translate_icmp_error(
     l: &Layout,
 ) -> Result<Verdict, PacketError> {
     let quote_at = l.l4.start + 8;
-    let quote = &pkt[quote_at..l.l4.end];
+    let quote_range = quote_at..l.l4.end;
+    let quote = pkt.get(quote_range.clone()).unwrap_or_default();
     let q = layout_quote(quote)?;
     if q.is_v6() != l.is_v6() {
-        return Err(PacketError::IcmpQuote);
+        return Err(PacketError::IcmpQuoteFamily);
     }
-    // The quoted packet went the other way.
-    let qdir = match dir {
-        Direction::Egress => Direction::Ingress,
-        Direction::Ingress => Direction::Egress,
-    };
-    let qtransport = match (transport_fields(q.proto), q.fragment) {
-        (Some((proto, csum_at, _)), Fragment::HasHeader) => {
-            ports(&quote[q.l4.clone()]).map(|p| (proto, csum_at, p))
-        }
-        _ => None,
-    };
-    // (rewrite of the quote, outer rewrite)
-    let (inner, outer) = match qtransport {
-        Some((proto, _, (sp, dp))) => {
+    let qdir = dir.reversed();
+    let qtransport = quoted_ports(quote, &q);
+    // The flow entry the quote belongs to: (its tuple in the quote's form, the form to
+    // give it).
+    let flow = match qtransport {
+        Some((t, sp, dp)) => {
             let qt = tuple_of(
                 qdir,
-                proto,
+                t.protocol,
                 SocketAddr::new(q.src, sp),
                 SocketAddr::new(q.dst, dp),
             );
-            let found = match dir {
-                // We receive an error about a packet we sent: it carries current tuples.
-                Direction::Ingress => table.flow_by_current(&qt).map(|m| (m.original, m.current)),
-                // We send an error about a packet we received: it carries original tuples.
+            match dir {
+                // We receive an error about a packet we sent: it carries the current tuple.
+                Direction::Ingress => table.flow_by_current(&qt).map(|m| (m.current, m.original)),
+                // We send an error about a packet we received (and our stack saw it in
+                // original form). A held flow's packets wait, errors included.
                 Direction::Egress => match table.flow_by_original(&qt) {
                     Some(m) if m.hold => return Ok(Verdict::Hold),
-                    Some(m) => Some((m.current, m.original)),
+                    Some(m) => Some((m.original, m.current)),
                     None => None,
                 },
-            };
-            match found {
-                Some((to, from)) => {
-                    let inner = Rewrite::between(qdir, &to);
-                    // The outer header names the flow's ends where it names them at all
-                    // (the peer itself may send the error; a router sends most).
-                    let map = |a: IpAddr| {
-                        if a == from.local.ip() {
-                            Some(to.local.ip())
-                        } else if a == from.remote.ip() {
-                            Some(to.remote.ip())
-                        } else {
-                            None
-                        }
-                    };
-                    (
-                        inner,
-                        Rewrite {
-                            src: map(l.src),
-                            dst: map(l.dst),
-                            ..Rewrite::default()
-                        },
-                    )
-                }
-                None => (
-                    Rewrite::from_addresses(table, qdir, q.src, q.dst),
-                    Rewrite::from_addresses(table, dir, l.src, l.dst),
-                ),
             }
         }
+        None => None,
+    };
+    let outer_addresses = Rewrite::from_addresses(table, dir, l.src, l.dst);
+    let (inner, outer) = match flow {
+        Some((from, to)) => {
+            // The outer header names the flow's ends where it names them at all (the
+            // peer itself may send the error; a router on the path sends most). The
+            // outer packet travels `dir`: its source is the remote end on ingress and
+            // the local end on egress. Addresses that are not the flow's ends may still
+            // have an address mapping.
+            let (src_end, dst_end) = match dir {
+                Direction::Ingress => ((from.remote, to.remote), (from.local, to.local)),
+                Direction::Egress => ((from.local, to.local), (from.remote, to.remote)),
+            };
+            let outer = Rewrite {
+                src: if l.src == src_end.0.ip() {
+                    Some(src_end.1.ip())
+                } else {
+                    outer_addresses.src
+                },
+                dst: if l.dst == dst_end.0.ip() {
+                    Some(dst_end.1.ip())
+                } else {
+                    outer_addresses.dst
+                },
+                ..Rewrite::default()
+            };
+            (Rewrite::between(qdir, &to), outer)
+        }
         None => (
-            Rewrite::from_addresses(table, qdir, q.src, q.dst),
-            Rewrite::from_addresses(table, dir, l.src, l.dst),
+            Rewrite::quote_addresses(table, dir, q.src, q.dst),
+            outer_addresses,
         ),
     };
-    let (qsp, qdp) = qtransport.map(|(_, _, p)| p).unwrap_or((0, 0));
+    let (qsp, qdp) = qtransport.map(|(_, sp, dp)| (sp, dp)).unwrap_or_default();
     if inner.is_noop(&q, qsp, qdp) && outer.is_noop(l, 0, 0) {
         return Ok(Verdict::Untouched);
     }
+    // The ICMP checksum covers the whole quote. Rather than follow each field into it,
+    // sum the quote before and after the rewrite (RFC 1624 applied to a region: the
+    // quote starts 8 bytes into the ICMP message, an even offset, so its words are the
+    // checksum's words).
     let icmp_csum_at = l.l4.start + 2;
     let old_icmp = get_u16(pkt, icmp_csum_at);
-    // The ICMP checksum covers the quote: sum the quote before and after (RFC 1624
-    // applied to a region; the quote starts 8 bytes into the ICMP message, an even
-    // offset, so word alignment is the same).
-    let before = checksum::sum(&pkt[quote_at..l.l4.end], 0);
+    let before = checksum::fold(checksum::sum(&pkt[quote_range.clone()], 0));
     {
-        let quote = &mut pkt[quote_at..l.l4.end];
-        // A quote that ends inside the transport checksum keeps one byte of it: that
-        // byte's new value depends on a carry from the missing byte, so it is left as
-        // it is (receivers of ICMP errors do not check quoted transport checksums).
-        let qcsum = qtransport.and_then(|(proto, csum_at, _)| {
-            (q.l4.start + csum_at + 2 <= q.l4.end).then_some((q.l4.start + csum_at, proto == Protocol::Udp))
+        let quote = &mut pkt[quote_range.clone()];
+        // The quoted transport checksum is updated only if the quote holds all of it. A
+        // quote that ends inside it keeps one byte, whose new value would depend on a
+        // carry from the missing byte: left as it is (receivers of ICMP errors do not
+        // check quoted transport checksums; the IPv4 header checksum, always whole, is
+        // updated).
+        let qcsum = qtransport.and_then(|(t, _, _)| {
+            let at = q.l4.start + t.checksum_at;
+            (at + 2 <= q.l4.end).then_some(ChecksumField {
+                at,
+                zero_means_none: t.zero_means_none(),
+            })
         });
-        let inner = Rewrite {
-            sport: inner.sport.filter(|_| qtransport.is_some()),
-            dport: inner.dport.filter(|_| qtransport.is_some()),
-            ..inner
+        let inner = if qtransport.is_some() {
+            inner
+        } else {
+            inner.addresses_only()
         };
         apply(quote, &q, &inner, qcsum);
     }
-    let after = checksum::sum(&pkt[quote_at..l.l4.end], 0);
-    let mut icmp_sum =
-        u32::from(!old_icmp) + u32::from(!checksum::fold(before)) + u32::from(checksum::fold(after));
+    let after = checksum::fold(checksum::sum(&pkt[quote_range], 0));
+    // A region's sum replaced by another is eqn. 3 with m and m' the two sums.
+    let mut new_icmp = checksum::update_u16(old_icmp, before, after);
     // ICMPv6 (RFC 4443 §2.3) also covers the pseudo-header: the outer addresses.
     if l.is_v6() {
         for (old, new) in [(l.src, outer.src), (l.dst, outer.dst)] {
             if let Some(new) = new {
-                let (o, n) = ip_bytes(&old);
-                let (nb, _) = ip_bytes(&new);
-                icmp_sum += u32::from(!checksum::fold(checksum::sum(&o[..n], 0)))
-                    + u32::from(checksum::fold(checksum::sum(&nb[..n], 0)));
+                new_icmp = checksum::update_addr(new_icmp, &old, &new);
             }
         }
     }
-    let new_icmp = !checksum::fold(icmp_sum);
-    apply(
-        pkt,
-        l,
-        &Rewrite {
-            sport: None,
-            dport: None,
-            ..outer
-        },
-        None,
-    );
+    apply(pkt, l, &outer.addresses_only(), None);
     put_u16(pkt, icmp_csum_at, new_icmp);
     Ok(Verdict::Translated)
 }
