@@ -47,6 +47,12 @@ counters! {
         drop_bad_cookie,
         /// Handshakes refused because the peer's key is not trusted.
         drop_untrusted_key,
+        /// Handshake Inits answered with a Response (each costs Diffie-Hellman work).
+        handshakes_answered,
+        /// Handshake messages that repeat or answer one already dealt with (a
+        /// retransmitted Init, a copy of a Finish, the answer to a handshake that
+        /// crossed the peer's): answered again or ignored, no new state.
+        handshake_duplicates,
         /// Handshakes completed (as initiator or responder).
         handshakes_completed,
         /// Handshakes abandoned after their retries.

@@ -4,11 +4,13 @@
 //!   table) and the packet rewriter that applies it to raw IP packets.
 //! - [`endpoint`]: the sans-IO protocol state machine, one per host.
 //! - [`security`]: identities, trust, the Noise handshake, sessions, cookies, limits.
+//! - [`config`]: a host's configuration file (its key, the peers it trusts).
 //! - [`time`]: time as a value; the core never reads a clock.
 //! - [`fuzzing`]: the bodies of the fuzz targets, so that ordinary tests replay the
 //!   committed corpus on stable.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod counters;
 pub mod endpoint;
 pub mod fuzzing;

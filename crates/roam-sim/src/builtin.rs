@@ -29,6 +29,28 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         include_str!("../../../scenarios/move-messages.toml"),
     ),
     ("rough-path", include_str!("../../../scenarios/rough-path.toml")),
+    ("restart", include_str!("../../../scenarios/restart.toml")),
+    // docs/SECURITY.md: attacks, each with what must (not) happen.
+    (
+        "attack-forged-update",
+        include_str!("../../../scenarios/attack-forged-update.toml"),
+    ),
+    (
+        "attack-replay",
+        include_str!("../../../scenarios/attack-replay.toml"),
+    ),
+    (
+        "attack-redirect",
+        include_str!("../../../scenarios/attack-redirect.toml"),
+    ),
+    (
+        "attack-handshake-flood",
+        include_str!("../../../scenarios/attack-handshake-flood.toml"),
+    ),
+    (
+        "untrusted-key",
+        include_str!("../../../scenarios/untrusted-key.toml"),
+    ),
 ];
 
 /// A built-in scenario by name.

@@ -24,11 +24,12 @@ pub const HOLD_LIMIT: usize = 2048;
 /// timeout, which resends everything anyway).
 const RESEND_KEEP: Duration = Duration::from_millis(500);
 
-/// How long after a flow's entry changed a UDP datagram under its original tuple is
-/// taken for the old path draining (the mover's last datagrams, seed 001 FIG. 4 step
-/// 404) rather than a new conversation from whoever holds that address now: longer
-/// than any path's delay.
-const UDP_DRAIN: Duration = Duration::from_secs(2);
+/// How long the old path drains after a flow's entry changed (seed 001 FIG. 4 step
+/// 404: the peer keeps receiving what the mover sent before it moved): longer than
+/// any path's delay. For that long, packets under the entry's previous current tuple
+/// are still translated, and a UDP datagram under its original tuple is taken for the
+/// mover's rather than a new conversation from whoever holds that address now.
+const DRAIN: Duration = Duration::from_secs(2);
 const RESEND_BYTES: usize = 2 << 20;
 
 /// Duplicate ACKs a nudge elicits. smoltcp, like RFC 5681, starts fast retransmit on
@@ -114,7 +115,13 @@ pub struct SimDataPlane {
     table: TranslationTable,
     /// When each flow entry (by original tuple) last changed.
     changed_at: BTreeMap<Tuple, Instant>,
+    /// Entries' previous current tuples while the old path drains: translated on
+    /// ingress only, until the time given (by original tuple).
+    draining: TranslationTable,
+    drain_until: BTreeMap<Tuple, Instant>,
     budgets: BTreeMap<IpAddr, Budget>,
+    /// Bytes received from unvalidated addresses since the endpoint last heard of them.
+    pub heard: BTreeMap<IpAddr, u64>,
     held: VecDeque<(Tuple, Vec<u8>)>,
     tcp: BTreeMap<Tuple, TcpSeen>,
     recent: BTreeMap<Tuple, Recent>,
@@ -130,7 +137,10 @@ impl SimDataPlane {
         SimDataPlane {
             table: TranslationTable::new(hash_seed),
             changed_at: BTreeMap::new(),
+            draining: TranslationTable::new(hash_seed ^ 1),
+            drain_until: BTreeMap::new(),
             budgets: BTreeMap::new(),
+            heard: BTreeMap::new(),
             held: VecDeque::new(),
             tcp: BTreeMap::new(),
             recent: BTreeMap::new(),
@@ -231,10 +241,19 @@ impl SimDataPlane {
         let Some(b) = self.budgets.get_mut(&dst) else {
             return Verdicts::Forward(pkt);
         };
+        if !translated {
+            b.sent += pkt.len() as u64;
+            return Verdicts::Forward(pkt);
+        }
         // A bare TCP acknowledgment amplifies nothing (at most one per segment that
-        // came in): it goes at once, counted, so the peer's sender is not stalled for
-        // the round trip the validation takes.
-        if !translated || is_bare_ack(&pkt) {
+        // came in): within the cap it goes at once, so the peer's sender is not
+        // stalled for the round trip the validation takes. Beyond, it is dropped (a
+        // later one says as much).
+        if is_bare_ack(&pkt) {
+            if b.sent + pkt.len() as u64 > b.cap {
+                self.counters.budget_dropped += 1;
+                return Verdicts::Dropped;
+            }
             b.sent += pkt.len() as u64;
             return Verdicts::Forward(pkt);
         }
@@ -257,6 +276,7 @@ impl SimDataPlane {
             return;
         };
         b.received += len as u64;
+        *self.heard.entry(src).or_default() += len as u64;
         while b.held.front().is_some_and(|p| b.fits(p.len())) {
             let p = b.held.pop_front().expect("checked");
             b.sent += p.len() as u64;
@@ -273,6 +293,11 @@ impl SimDataPlane {
             Ok(v @ (Verdict::Translated | Verdict::Untouched | Verdict::Hold)) => {
                 if matches!(v, Verdict::Translated) {
                     self.counters.ingress_translated += 1;
+                } else if !self.drain_until.is_empty() {
+                    self.expire_drains();
+                    if translate(&self.draining, Direction::Ingress, &mut pkt) == Ok(Verdict::Translated) {
+                        self.counters.drained += 1;
+                    }
                 }
                 self.observe_tcp(&pkt);
                 Verdicts::Forward(pkt)
@@ -285,6 +310,47 @@ impl SimDataPlane {
         }
     }
 
+    fn expire_drains(&mut self) {
+        let now = self.now;
+        let done: Vec<Tuple> = self
+            .drain_until
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(o, _)| *o)
+            .collect();
+        for original in done {
+            self.drain_until.remove(&original);
+            let _ = self.draining.apply(&TableChange::RemoveFlow { original });
+        }
+    }
+
+    /// The (original, current) tuple `change` is about to replace, if it replaces one
+    /// that is neither the original nor the new current.
+    fn previous_current(&self, change: &TableChange) -> Option<(Tuple, Tuple)> {
+        let (original, next) = match change {
+            TableChange::InstallFlow(m) => (m.original, Some(m.current)),
+            TableChange::RemoveFlow { original } => (*original, None),
+            _ => return None,
+        };
+        let prev = self.table.flow_by_original(&original)?.current;
+        (Some(prev) != next && prev != original).then_some((original, prev))
+    }
+
+    /// An entry changed: while the old path drains, what arrives under its previous
+    /// current tuple is still the flow's.
+    fn keep_draining(&mut self, original: Tuple, prev: Tuple) {
+        let _ = self.draining.apply(&TableChange::RemoveFlow { original });
+        let alias = TableChange::InstallFlow(roam_core::translate::FlowMapping {
+            original,
+            current: prev,
+            hold: false,
+        });
+        // An alias that clashes with another one still draining is left out.
+        if self.draining.apply(&alias).is_ok() {
+            self.drain_until.insert(original, self.now + DRAIN);
+        }
+    }
+
     /// A packet under a moved flow's original tuple: the old path draining, or a new
     /// conversation from whoever holds the peer's old address now (seed 000 ¶0067).
     /// A TCP SYN is the latter; any other TCP segment is taken for the former (a third
@@ -293,10 +359,7 @@ impl SimDataPlane {
     fn ingress_conflict(&mut self, t: Tuple, pkt: Vec<u8>) -> Verdicts {
         let draining = match SlicedPacket::from_ip(&pkt).ok().and_then(|s| s.transport) {
             Some(TransportSlice::Tcp(tcp)) => !tcp.syn() || tcp.ack(),
-            Some(TransportSlice::Udp(_)) => self
-                .changed_at
-                .get(&t)
-                .is_some_and(|at| self.now - *at <= UDP_DRAIN),
+            Some(TransportSlice::Udp(_)) => self.changed_at.get(&t).is_some_and(|at| self.now - *at <= DRAIN),
             _ => false,
         };
         if draining {
@@ -448,6 +511,7 @@ impl SimDataPlane {
                 p
             })
             .collect();
+        tracing::debug!(%flow, n = again.len(), ?acked, "resend");
         for p in again {
             if let Verdicts::Forward(p) = self.translate_egress(p) {
                 self.counters.resent += 1;
@@ -469,9 +533,13 @@ impl DataPlane for SimDataPlane {
     fn apply(&mut self, command: &DataPlaneCommand) -> Result<(), TableError> {
         match command {
             DataPlaneCommand::Table(change) => {
+                let prev = self.previous_current(change);
                 if let Err(e) = self.table.apply(change) {
                     self.counters.table_errors += 1;
                     return Err(e);
+                }
+                if let Some((original, prev)) = prev {
+                    self.keep_draining(original, prev);
                 }
                 match change {
                     TableChange::InstallFlow(m) => {

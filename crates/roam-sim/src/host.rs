@@ -114,6 +114,9 @@ pub struct SimHost {
     /// UDP flows seen by the data plane (the conntrack view).
     pub udp_flows: BTreeSet<Tuple>,
     pub control_port: u16,
+    /// What reached the host from its link (before anything looked at it).
+    pub received_packets: u64,
+    pub received_bytes: u64,
 }
 
 impl SimHost {
@@ -156,6 +159,8 @@ impl SimHost {
             tcp_flows: BTreeSet::new(),
             udp_flows: BTreeSet::new(),
             control_port,
+            received_packets: 0,
+            received_bytes: 0,
         }
     }
 
@@ -203,6 +208,22 @@ impl SimHost {
         if let Some(a) = &mut self.agent {
             a.endpoint.handle(now, Input::AddressRemoved(old));
         }
+    }
+
+    /// The roam daemon restarts with `endpoint`, which knows nothing: it learns the
+    /// current address, takes back the entries the data plane kept, and hears of every
+    /// flow the stack has again (the restored ones it knows already).
+    pub fn restart(&mut self, now: Instant, endpoint: Endpoint) {
+        let Some(agent) = &mut self.agent else { return };
+        agent.endpoint = endpoint;
+        if let Some(a) = self.addr {
+            agent.endpoint.handle(now, Input::AddressAdded(a));
+        }
+        for m in self.dataplane.table().flows() {
+            agent.endpoint.handle(now, Input::Restore(m));
+        }
+        self.tcp_flows.clear();
+        self.udp_flows.clear();
     }
 
     /// Drops deprecated addresses no flow uses any more, so the list stays bounded.
@@ -404,6 +425,14 @@ impl SimHost {
             if let Verdicts::Forward(p) = verdict {
                 self.observe_udp(now, &p, false);
                 self.device.rx.push_back(p);
+            }
+        }
+        // What came from unvalidated addresses raises their budgets at the endpoint
+        // too (its control messages there obey the same limit).
+        let heard = std::mem::take(&mut self.dataplane.heard);
+        if let Some(a) = &mut self.agent {
+            for (from, bytes) in heard {
+                a.endpoint.handle(now, Input::Heard { from, bytes });
             }
         }
         progress

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apps;
+mod attack;
 pub mod builtin;
 pub mod dataplane;
 pub mod host;

@@ -148,6 +148,19 @@ pub struct Router {
 }
 
 /// Source and destination of an IP packet, or `None` if it is not one.
+/// A UDP datagram in an IP packet (for what an attacker injects).
+pub fn udp_packet(src: std::net::SocketAddr, dst: std::net::SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
+    let b = match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => etherparse::PacketBuilder::ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => etherparse::PacketBuilder::ipv6(s.octets(), d.octets(), 64),
+        _ => return None,
+    }
+    .udp(src.port(), dst.port());
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut out, payload).ok()?;
+    Some(out)
+}
+
 pub fn ip_addrs(pkt: &[u8]) -> Option<(IpAddr, IpAddr)> {
     match pkt.first()? >> 4 {
         4 if pkt.len() >= 20 => {

@@ -70,6 +70,36 @@ pub struct HostReport {
     pub translation_entries: usize,
     pub counters: BTreeMap<&'static str, u64>,
     pub dataplane: crate::dataplane::DataPlaneCounters,
+    /// What reached the host from its link.
+    pub received_packets: u64,
+    pub received_bytes: u64,
+    /// The host's roam peers as it sees them at the end.
+    pub peers: Vec<PeerReport>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerReport {
+    /// The peer's host name (from its key), or its node identifier.
+    pub name: String,
+    /// Where its control messages go.
+    pub control: String,
+    /// The addresses it has proven it receives at (whose flows are its flows).
+    pub addresses: Vec<String>,
+}
+
+impl HostReport {
+    /// A metric an expectation may name (see `scenario::metric_names`).
+    pub fn metric(&self, name: &str) -> Option<u64> {
+        match name {
+            "received_bytes" => Some(self.received_bytes),
+            "received_packets" => Some(self.received_packets),
+            _ => self
+                .counters
+                .get(name)
+                .copied()
+                .or_else(|| serde_json::to_value(&self.dataplane).ok()?.get(name)?.as_u64()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -266,6 +296,27 @@ pub(crate) fn build(sim: Sim<'_>, wall: Duration) -> Report {
                 translation_entries: h.dataplane.table().flow_count(),
                 counters,
                 dataplane: h.dataplane.counters.clone(),
+                received_packets: h.received_packets,
+                received_bytes: h.received_bytes,
+                peers: h
+                    .agent
+                    .as_ref()
+                    .map(|a| {
+                        a.endpoint
+                            .peers()
+                            .map(|p| PeerReport {
+                                name: sc
+                                    .hosts
+                                    .iter()
+                                    .find(|o| crate::sim::node_id_for(&o.name) == p.id)
+                                    .map(|o| o.name.clone())
+                                    .unwrap_or_else(|| p.id.to_string()),
+                                control: p.control.to_string(),
+                                addresses: p.addrs.iter().map(|a| a.to_string()).collect(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             }
         })
         .collect();
@@ -282,6 +333,24 @@ pub(crate) fn build(sim: Sim<'_>, wall: Duration) -> Report {
                     ms(max)
                 ));
             }
+        }
+    }
+    for ((h, metric), bound) in &e.at_least {
+        let v = hosts[*h].metric(metric).unwrap_or(0);
+        if v < *bound {
+            failures.push(format!(
+                "{}.{metric} is {v}, expected at least {bound}",
+                hosts[*h].name
+            ));
+        }
+    }
+    for ((h, metric), bound) in &e.at_most {
+        let v = hosts[*h].metric(metric).unwrap_or(0);
+        if v > *bound {
+            failures.push(format!(
+                "{}.{metric} is {v}, expected at most {bound}",
+                hosts[*h].name
+            ));
         }
     }
     if let Some(n) = e.conflicts_resolved
@@ -406,7 +475,12 @@ impl fmt::Display for Report {
                 .counters
                 .iter()
                 .filter(|(k, v)| {
-                    **v > 0 && (k.starts_with("drop_") || k.contains("failed") || k.contains("stranded"))
+                    **v > 0
+                        && (k.starts_with("drop_")
+                            || k.contains("failed")
+                            || k.contains("stranded")
+                            || k.contains("refus")
+                            || ["cookies_sent", "sessions_rekeyed", "paths_validated"].contains(k))
                 })
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
@@ -415,7 +489,14 @@ impl fmt::Display for Report {
                 "  {}: {} translation entries{}{}",
                 h.name,
                 h.translation_entries,
-                if h.roam { "" } else { " (does not run roam)" },
+                if h.roam {
+                    String::new()
+                } else {
+                    format!(
+                        " (does not run roam; received {} packets, {} bytes)",
+                        h.received_packets, h.received_bytes
+                    )
+                },
                 if drops.is_empty() {
                     String::new()
                 } else {

@@ -5,7 +5,7 @@
 //! (1-based, in file order) is `10.0.n.0/24` and `fd00:0:0:n::/64`, its router is
 //! host 1 in it, and a host with `id = k` is `10.0.n.k` / `fd00:0:0:n::k`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
@@ -114,7 +114,12 @@ pub struct Host {
     pub id: u8,
     /// Runs roam.
     pub roam: bool,
+    /// Runs no stack at all: what reaches it is counted and dropped (a victim that
+    /// never answers).
+    pub silent: bool,
     pub move_message: roam_core::MoveMessage,
+    /// Overrides the endpoint's session lifetime (to see rekeys in a short run).
+    pub rekey_after: Option<Duration>,
     /// The hosts whose keys it trusts (`None`: every roam host's).
     pub trusts: Option<Vec<String>>,
 }
@@ -198,6 +203,43 @@ pub enum Action {
     Detach {
         host: usize,
     },
+    /// The host's roam daemon restarts: it forgets its sessions, peers and flows; the
+    /// data plane keeps its entries, which the new endpoint takes back.
+    Restart {
+        host: usize,
+    },
+    Attack(Attack),
+}
+
+/// What an attacker (or a malicious peer) does. The attacker sends from its own
+/// access link, bypassing its stack.
+#[derive(Clone, Debug, serde::Serialize)]
+pub enum Attack {
+    /// Off path: a Connection Update in `of`'s name, sealed under a key it guessed
+    /// (random index and key), "moving" `of`'s flows with `target` to the attacker.
+    Forge { by: usize, target: usize, of: usize },
+    /// On path: the last sealed message `of` sent `target`, one bit changed.
+    Tamper { by: usize, target: usize, of: usize },
+    /// On path: the last message of type `message` that `of` sent `target`, sent again
+    /// as it was, from the attacker's address.
+    Replay {
+        by: usize,
+        target: usize,
+        of: usize,
+        /// The message type code.
+        message: u8,
+    },
+    /// A malicious peer (`by`, a roam host `target` trusts) tells `target` that its
+    /// flows moved to `victim`'s address.
+    Redirect { by: usize, target: usize, victim: usize },
+    /// `count` Handshake Inits to `target` spread over `over`, from addresses spoofed
+    /// across the attacker's subnet.
+    Flood {
+        by: usize,
+        target: usize,
+        count: u32,
+        over: Duration,
+    },
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -236,6 +278,27 @@ pub struct Expect {
     pub max_gap: Option<Duration>,
     pub conflicts_resolved: Option<u64>,
     pub min_control_retransmits: Option<u64>,
+    /// Bounds on per-host metrics (an endpoint or data plane counter, or
+    /// `received_bytes` / `received_packets`): (host, metric) -> bound.
+    pub at_least: BTreeMap<(usize, String), u64>,
+    pub at_most: BTreeMap<(usize, String), u64>,
+}
+
+/// The per-host metrics an expectation may name: the endpoint's counters, the data
+/// plane's, and what reached the host.
+pub fn metric_names() -> BTreeSet<String> {
+    let mut names: BTreeSet<String> = roam_core::Counters::default()
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
+    if let Ok(serde_json::Value::Object(m)) =
+        serde_json::to_value(crate::dataplane::DataPlaneCounters::default())
+    {
+        names.extend(m.into_iter().filter(|(_, v)| v.is_u64()).map(|(k, _)| k));
+    }
+    names.insert("received_bytes".into());
+    names.insert("received_packets".into());
+    names
 }
 
 /// A validated scenario.
@@ -378,7 +441,10 @@ struct HostSpec {
     #[serde(default = "yes")]
     roam: bool,
     #[serde(default)]
+    silent: bool,
+    #[serde(default)]
     move_message: roam_core::MoveMessage,
+    rekey_after_ms: Option<Spanned<u64>>,
     /// Hosts whose keys it trusts (default: every roam host's).
     trusts: Option<Vec<Spanned<String>>>,
 }
@@ -442,6 +508,17 @@ struct EventSpec {
     id: Option<u8>,
     #[serde(default)]
     dhcp_delay_ms: u64,
+    restart: Option<Spanned<String>>,
+    /// An attack: "forge", "tamper", "replay", "redirect" or "flood".
+    attack: Option<Spanned<String>>,
+    by: Option<Spanned<String>>,
+    target: Option<Spanned<String>>,
+    of: Option<Spanned<String>>,
+    victim: Option<Spanned<String>>,
+    /// For "replay": the captured message's type, e.g. "connection-update".
+    message: Option<Spanned<String>>,
+    count: Option<Spanned<u32>>,
+    over_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -462,6 +539,12 @@ struct ExpectSpec {
     max_gap_ms: Option<u64>,
     conflicts_resolved: Option<u64>,
     min_control_retransmits: Option<u64>,
+    /// "host.metric" = lower bound.
+    #[serde(default)]
+    at_least: BTreeMap<Spanned<String>, u64>,
+    /// "host.metric" = upper bound.
+    #[serde(default)]
+    at_most: BTreeMap<Spanned<String>, u64>,
 }
 
 /// Turns byte offsets into line numbers and builds errors.
@@ -471,6 +554,131 @@ struct Source<'a> {
 }
 
 impl Source<'_> {
+    /// An `[[event]]` with `attack = "..."`.
+    fn attack(
+        &self,
+        e: &EventSpec,
+        host_names: &BTreeMap<String, usize>,
+        hosts: &[Host],
+    ) -> Result<Attack, ScenarioError> {
+        let a = e.attack.as_ref().expect("an attack event");
+        let kind = a.get_ref().as_str();
+        let need = |f: &Option<Spanned<String>>, what: &str| -> Result<usize, ScenarioError> {
+            match f {
+                Some(n) => self.lookup(host_names, "host", n),
+                None => self.err(a.span(), format!("a {kind} attack needs `{what}` (a host)")),
+            }
+        };
+        let by = need(&e.by, "by")?;
+        let target = need(&e.target, "target")?;
+        if by == target {
+            return self.err(a.span(), "an attacker does not attack itself");
+        }
+        if !hosts[target].roam {
+            return self.err(
+                a.span(),
+                format!("the target \"{}\" does not run roam", hosts[target].name),
+            );
+        }
+        let attack = match kind {
+            "forge" => Attack::Forge {
+                by,
+                target,
+                of: need(&e.of, "of")?,
+            },
+            "tamper" => Attack::Tamper {
+                by,
+                target,
+                of: need(&e.of, "of")?,
+            },
+            "replay" => {
+                let Some(m) = &e.message else {
+                    return self.err(
+                        a.span(),
+                        "a replay attack needs `message` (e.g. \"connection-update\")",
+                    );
+                };
+                let wanted = m.get_ref().as_str();
+                let Some(t) = roam_wire::MessageType::ALL
+                    .iter()
+                    .find(|t| t.name().to_lowercase().replace(' ', "-") == wanted)
+                else {
+                    let known: Vec<String> = roam_wire::MessageType::ALL
+                        .iter()
+                        .map(|t| t.name().to_lowercase().replace(' ', "-"))
+                        .collect();
+                    return self.err(
+                        m.span(),
+                        format!("unknown message type \"{wanted}\": one of {}", known.join(", ")),
+                    );
+                };
+                Attack::Replay {
+                    by,
+                    target,
+                    of: need(&e.of, "of")?,
+                    message: *t as u8,
+                }
+            }
+            "redirect" => {
+                let victim = need(&e.victim, "victim")?;
+                if !hosts[by].roam {
+                    return self.err(a.span(), "a redirect is a malicious peer's: `by` must run roam");
+                }
+                if victim == by || victim == target {
+                    return self.err(a.span(), "the victim is a third host");
+                }
+                Attack::Redirect { by, target, victim }
+            }
+            "flood" => {
+                let count = match &e.count {
+                    Some(c) if (1..=1_000_000).contains(c.get_ref()) => *c.get_ref(),
+                    Some(c) => return self.err(c.span(), "count must be 1..=1000000"),
+                    None => return self.err(a.span(), "a flood attack needs `count`"),
+                };
+                let over = Duration::from_millis(e.over_ms.unwrap_or(1000).max(1));
+                Attack::Flood {
+                    by,
+                    target,
+                    count,
+                    over,
+                }
+            }
+            other => {
+                return self.err(
+                    a.span(),
+                    format!("unknown attack \"{other}\": forge, tamper, replay, redirect or flood"),
+                );
+            }
+        };
+        Ok(attack)
+    }
+
+    /// `"host.metric" = n` entries of an expectation.
+    fn metric_bounds(
+        &self,
+        bounds: &BTreeMap<Spanned<String>, u64>,
+        host_names: &BTreeMap<String, usize>,
+    ) -> Result<BTreeMap<(usize, String), u64>, ScenarioError> {
+        let metrics = metric_names();
+        let mut out = BTreeMap::new();
+        for (key, n) in bounds {
+            let Some((host, metric)) = key.get_ref().split_once('.') else {
+                return self.err(key.span(), format!("\"{}\" is not host.metric", key.get_ref()));
+            };
+            let Some(h) = host_names.get(host) else {
+                return self.err(key.span(), format!("unknown host \"{host}\""));
+            };
+            if !metrics.contains(metric) {
+                return self.err(
+                    key.span(),
+                    format!("unknown metric \"{metric}\" (a counter, received_bytes or received_packets)"),
+                );
+            }
+            out.insert((*h, metric.to_string()), *n);
+        }
+        Ok(out)
+    }
+
     fn line_of(&self, offset: usize) -> usize {
         self.text[..offset.min(self.text.len())].matches('\n').count() + 1
     }
@@ -628,8 +836,14 @@ impl Scenario {
                     .map(|s| src.lookup(&subnet_names, "subnet", s))
                     .transpose()?,
                 id,
-                roam: h.roam,
+                roam: h.roam && !h.silent,
+                silent: h.silent,
                 move_message: h.move_message,
+                rekey_after: match &h.rekey_after_ms {
+                    None => None,
+                    Some(ms) if *ms.get_ref() >= 100 => Some(Duration::from_millis(*ms.get_ref())),
+                    Some(ms) => return src.err(ms.span(), "rekey_after_ms must be at least 100"),
+                },
                 trusts: None,
             });
         }
@@ -736,7 +950,7 @@ impl Scenario {
 
         let mut events = Vec::new();
         for e in &spec.events {
-            let anchor = [&e.move_host, &e.attach, &e.detach]
+            let anchor = [&e.move_host, &e.attach, &e.detach, &e.restart, &e.attack]
                 .into_iter()
                 .flatten()
                 .map(|s| s.span())
@@ -754,7 +968,26 @@ impl Scenario {
                 }
                 _ => return src.err(anchor, "an event needs either at_ms, or flow and received_bytes"),
             };
+            let kinds = [&e.move_host, &e.attach, &e.detach, &e.restart, &e.attack]
+                .iter()
+                .filter(|k| k.is_some())
+                .count();
+            if kinds != 1 {
+                return src.err(
+                    anchor,
+                    "an event does exactly one of move, attach, detach, restart or attack",
+                );
+            }
             let action = match (&e.move_host, &e.attach, &e.detach) {
+                _ if e.restart.is_some() => {
+                    let h = e.restart.as_ref().expect("checked");
+                    let host = src.lookup(&host_names, "host", h)?;
+                    if !hosts[host].roam {
+                        return src.err(h.span(), "only a roam host has a daemon to restart");
+                    }
+                    Action::Restart { host }
+                }
+                _ if e.attack.is_some() => Action::Attack(src.attack(e, &host_names, &hosts)?),
                 (Some(h), None, None) => {
                     let Some(to) = &e.to else {
                         return src.err(h.span(), "a move needs `to`, the subnet moved to");
@@ -779,7 +1012,7 @@ impl Scenario {
                 (None, None, Some(h)) => Action::Detach {
                     host: src.lookup(&host_names, "host", h)?,
                 },
-                _ => return src.err(anchor, "an event does exactly one of move, attach or detach"),
+                _ => unreachable!("exactly one kind, checked above"),
             };
             if matches!(e.id, Some(0 | 1 | 255)) {
                 return src.err(anchor, "host id must be 2..=254 (1 is the router)");
@@ -826,6 +1059,8 @@ impl Scenario {
                 max_gap: spec.expect.max_gap_ms.map(Duration::from_millis),
                 conflicts_resolved: spec.expect.conflicts_resolved,
                 min_control_retransmits: spec.expect.min_control_retransmits,
+                at_least: src.metric_bounds(&spec.expect.at_least, &host_names)?,
+                at_most: src.metric_bounds(&spec.expect.at_most, &host_names)?,
             },
         })
     }
@@ -923,5 +1158,46 @@ bytes = 10
         assert!(e.message.contains("at_ms"), "{e}");
         let e = error_of(&format!("{OK}\n[[event]]\nat_ms = 5\nmove = \"a\"\n"));
         assert!(e.message.contains("needs `to`"), "{e}");
+        let e = error_of(&format!(
+            "{OK}\n[[event]]\nat_ms = 5\nmove = \"a\"\nto = \"n1\"\nrestart = \"b\"\n"
+        ));
+        assert!(e.message.contains("exactly one"), "{e}");
+    }
+
+    #[test]
+    fn attacks_and_expectations_are_checked_with_their_line() {
+        let attack = |body: &str| error_of(&format!("{OK}\n[[event]]\nat_ms = 5\n{body}\n"));
+        let e = attack("attack = \"nuke\"\nby = \"a\"\ntarget = \"b\"");
+        assert!(e.message.contains("unknown attack \"nuke\""), "{e}");
+        assert_eq!(e.line, Some(24), "{e}");
+        let e = attack("attack = \"forge\"\ntarget = \"b\"");
+        assert!(e.message.contains("needs `by`"), "{e}");
+        let e = attack("attack = \"forge\"\nby = \"a\"\ntarget = \"a\"\nof = \"b\"");
+        assert!(e.message.contains("itself"), "{e}");
+        let e = attack("attack = \"replay\"\nby = \"a\"\ntarget = \"b\"\nof = \"a\"\nmessage = \"hello\"");
+        assert!(e.message.contains("unknown message type \"hello\""), "{e}");
+        assert!(e.message.contains("connection-update"), "{e}");
+        let e = attack("attack = \"flood\"\nby = \"a\"\ntarget = \"b\"\ncount = 0");
+        assert!(e.message.contains("count must be"), "{e}");
+        let e = error_of(&format!(
+            "{OK}\n[expect]\nat_least = {{ \"b.no_such_counter\" = 1 }}\n"
+        ));
+        assert!(e.message.contains("unknown metric"), "{e}");
+        let e = error_of(&format!(
+            "{OK}\n[expect]\nat_most = {{ \"nobody.received_bytes\" = 1 }}\n"
+        ));
+        assert!(e.message.contains("unknown host \"nobody\""), "{e}");
+        let ok = Scenario::from_toml(
+            &format!(
+                "{OK}\n[[event]]\nat_ms = 5\nattack = \"replay\"\nby = \"a\"\ntarget = \"b\"\nof = \"a\"\nmessage = \"handshake-init\"\n[expect]\nat_most = {{ \"b.drop_replay\" = 3, \"a.received_bytes\" = 9 }}\n"
+            ),
+            "ok.toml",
+        )
+        .unwrap();
+        assert_eq!(ok.expect.at_most.len(), 2);
+        assert!(matches!(
+            ok.events[0].action,
+            Action::Attack(Attack::Replay { message: 0x40, .. })
+        ));
     }
 }

@@ -62,7 +62,7 @@ pub fn node_id_for(name: &str) -> NodeId {
     key_for(name).public().node_id()
 }
 
-enum Ev {
+pub(crate) enum Ev {
     /// A packet reaches the far end of `link` (sent by `ends[from]`, starting at `tx_start`).
     Arrive {
         link: LinkIdx,
@@ -80,6 +80,8 @@ enum Ev {
     },
     /// Something on this host is due (a phase starts).
     Wake(usize),
+    /// An attacker puts this packet on its access link.
+    Inject { host: usize, pkt: Vec<u8> },
 }
 
 /// One move as it happened, for the report.
@@ -96,7 +98,7 @@ pub(crate) struct Sim<'s> {
     pub sc: &'s Scenario,
     pub opts: RunOptions,
     pub now: Instant,
-    rng: ChaCha8Rng,
+    pub(crate) rng: ChaCha8Rng,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     pending: BTreeMap<u64, Ev>,
     next_ev: u64,
@@ -113,6 +115,12 @@ pub(crate) struct Sim<'s> {
     fired: Vec<bool>,
     pub failures: Vec<String>,
     pub steps: u64,
+    /// Each roam host's configuration, for a restart.
+    configs: Vec<Option<Config>>,
+    /// What an on-path attacker saw: the last control datagram (UDP payload) each host
+    /// sent each address, by message type, and when; and the last sealed one.
+    pub(crate) captured: BTreeMap<(usize, IpAddr, u8), (Instant, Vec<u8>)>,
+    pub(crate) last_sealed: BTreeMap<(usize, IpAddr), Vec<u8>>,
 }
 
 /// Upper bound on engine iterations: a run that needs more is livelocked.
@@ -127,12 +135,11 @@ impl<'s> Sim<'s> {
         let family = opts.family;
         // Every roam host trusts the keys of the roam hosts the scenario says it trusts
         // (by default, all of them).
-        let hosts: Vec<SimHost> = sc
+        let configs: Vec<Option<Config>> = sc
             .hosts
             .iter()
             .map(|h| {
-                let host_seed = rng.next_u64();
-                let agent = h.roam.then(|| {
+                h.roam.then(|| {
                     let trusted = sc
                         .hosts
                         .iter()
@@ -140,6 +147,20 @@ impl<'s> Sim<'s> {
                         .map(|o| (key_for(&o.name).public(), o.name.clone()));
                     let mut cfg = Config::new(key_for(&h.name), Trust::keys(trusted));
                     cfg.move_message = h.move_message;
+                    if let Some(r) = h.rekey_after {
+                        cfg.rekey_after = r;
+                    }
+                    cfg
+                })
+            })
+            .collect();
+        let hosts: Vec<SimHost> = sc
+            .hosts
+            .iter()
+            .zip(&configs)
+            .map(|(h, cfg)| {
+                let host_seed = rng.next_u64();
+                let agent = cfg.clone().map(|cfg| {
                     let ep_rng = ChaCha8Rng::seed_from_u64(rng.next_u64());
                     Endpoint::new(cfg, Box::new(ep_rng))
                 });
@@ -245,21 +266,24 @@ impl<'s> Sim<'s> {
             fired: vec![false; sc.events.len()],
             failures: Vec::new(),
             steps: 0,
+            configs,
+            captured: BTreeMap::new(),
+            last_sealed: BTreeMap::new(),
         })
     }
 
-    fn family(&self) -> Family {
+    pub(crate) fn family(&self) -> Family {
         self.opts.family
     }
 
-    fn schedule(&mut self, at: Instant, ev: Ev) {
+    pub(crate) fn schedule(&mut self, at: Instant, ev: Ev) {
         let n = self.next_ev;
         self.next_ev += 1;
         self.queue.push(Reverse((at, n)));
         self.pending.insert(n, ev);
     }
 
-    fn note(&mut self, host: usize, what: String) {
+    pub(crate) fn note(&mut self, host: usize, what: String) {
         self.timeline
             .push((self.now, self.sc.hosts[host].name.clone(), what));
     }
@@ -419,8 +443,14 @@ impl<'s> Sim<'s> {
                     self.capture(&pkt);
                 }
                 if node < self.hosts.len() {
-                    self.hosts[node].inbox.push_back(pkt);
-                    dirty.insert(node);
+                    let host = &mut self.hosts[node];
+                    host.received_packets += 1;
+                    host.received_bytes += pkt.len() as u64;
+                    // A silent host runs nothing: it only counts.
+                    if !self.sc.hosts[node].silent {
+                        host.inbox.push_back(pkt);
+                        dirty.insert(node);
+                    }
                 } else {
                     self.forward(node - self.hosts.len(), port, pkt);
                 }
@@ -434,6 +464,11 @@ impl<'s> Sim<'s> {
             } => self.attach(host, subnet, id, move_index, dirty),
             Ev::Wake(h) => {
                 dirty.insert(h);
+            }
+            Ev::Inject { host, pkt } => {
+                if let Some(link) = self.hosts[host].link {
+                    self.transmit(link, 0, pkt);
+                }
             }
         }
     }
@@ -515,6 +550,17 @@ impl<'s> Sim<'s> {
                 self.detach(host);
                 dirty.insert(host);
             }
+            Action::Restart { host } => {
+                let Some(cfg) = self.configs[host].clone() else {
+                    return;
+                };
+                self.note(host, "roam restarts: sessions, peers and flows forgotten".into());
+                let ep = Endpoint::new(cfg, Box::new(ChaCha8Rng::seed_from_u64(self.rng.next_u64())));
+                let now = self.now;
+                self.hosts[host].restart(now, ep);
+                dirty.insert(host);
+            }
+            Action::Attack(a) => self.attack(a),
         }
     }
 
@@ -623,7 +669,7 @@ impl<'s> Sim<'s> {
         self.transmit(link, end, pkt);
     }
 
-    fn transmit(&mut self, link: LinkIdx, end: usize, pkt: Vec<u8>) {
+    pub(crate) fn transmit(&mut self, link: LinkIdx, end: usize, pkt: Vec<u8>) {
         let now = self.now;
         let l = &mut self.links[link];
         let Some(arr) = l.pipes[end].send(now, pkt.len(), &mut self.rng, &mut self.net) else {
@@ -718,6 +764,9 @@ impl<'s> Sim<'s> {
                 // small, and a real host would mark it high priority (DSCP CS6).
                 out.sort_by_key(|p| !is_control(p));
                 progress = true;
+                for pkt in &out {
+                    self.record_control(h, pkt);
+                }
                 if let Some(link) = self.hosts[h].link {
                     for pkt in out {
                         if !self.lost_by_rule(h, &pkt) {

@@ -3,50 +3,10 @@
 //! scenario's own expectations (handover gap bounds, conflicts resolved, retries).
 //! A failing run prints its scenario, family and seed, so `roam sim` replays it.
 
-use roam_sim::{Family, Report, RunOptions, Scenario, builtin};
+use roam_sim::{Family, Report, RunOptions, builtin};
 
-fn scenario(name: &str) -> Scenario {
-    builtin::get(name).expect("built in").expect("valid")
-}
-
-fn run(sc: &Scenario, family: Family, seed: u64) -> Report {
-    let r = roam_sim::run(
-        sc,
-        &RunOptions {
-            family,
-            seed,
-            pcap: None,
-        },
-    )
-    .expect("the run starts");
-    assert!(
-        r.ok,
-        "scenario {} over {family} with seed {seed} failed (replay: roam sim -s {} --family {} --seed {seed}):\n{r}",
-        sc.name,
-        sc.name,
-        if family == Family::Ipv4 { "ipv4" } else { "ipv6" }
-    );
-    for f in &r.flows {
-        assert_eq!(f.bytes_received, f.bytes_expected, "{}", f.name);
-        assert_eq!(f.sha256_sent, f.sha256_received, "{}", f.name);
-    }
-    // No packet ever left a host from an address it no longer had: routers drop those
-    // (BCP 38), and roam must never need them to.
-    assert_eq!(r.network.ingress_filtered, 0, "{} {family} seed {seed}", sc.name);
-    r
-}
-
-/// Runs over both families and `seeds`, returning every report.
-fn run_all(name: &str, seeds: &[u64]) -> Vec<Report> {
-    let sc = scenario(name);
-    let mut out = Vec::new();
-    for family in Family::BOTH {
-        for &seed in seeds {
-            out.push(run(&sc, family, seed));
-        }
-    }
-    out
-}
+mod common;
+use common::{run_all, scenario};
 
 #[test]
 fn the_demo_moves_a_20mb_stream_with_a_gap_of_a_few_round_trips() {

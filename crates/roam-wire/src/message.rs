@@ -75,6 +75,57 @@ impl Message {
         self.extensions.iter().find_map(f)
     }
 
+    /// The Sender Index extension's value (handshake messages).
+    pub fn sender_index(&self) -> Option<u32> {
+        self.find(|e| {
+            if let Extension::SenderIndex(i) = e {
+                Some(*i)
+            } else {
+                None
+            }
+        })
+    }
+
+    /// The Receiver Index extension's value (handshake messages).
+    pub fn receiver_index(&self) -> Option<u32> {
+        self.find(|e| {
+            if let Extension::ReceiverIndex(i) = e {
+                Some(*i)
+            } else {
+                None
+            }
+        })
+    }
+
+    /// The Noise handshake message a handshake message carries.
+    pub fn noise(&self) -> Option<&[u8]> {
+        self.extensions.iter().find_map(|e| match e {
+            Extension::Noise(n) => Some(n.as_slice()),
+            _ => None,
+        })
+    }
+
+    pub fn cookie(&self) -> Option<[u8; 16]> {
+        self.find(|e| {
+            if let Extension::Cookie(c) = e {
+                Some(*c)
+            } else {
+                None
+            }
+        })
+    }
+
+    /// A Path Challenge's (or Response's) 16 bytes.
+    pub fn challenge(&self) -> Option<[u8; 16]> {
+        self.find(|e| {
+            if let Extension::Challenge(c) = e {
+                Some(*c)
+            } else {
+                None
+            }
+        })
+    }
+
     /// Encoded length in bytes, authentication included where the type is sealed.
     pub fn encoded_len(&self) -> usize {
         HEADER_LEN

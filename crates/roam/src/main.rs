@@ -1,10 +1,13 @@
 //! `roam`: the one command-line entry point.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use roam_core::config::{HostConfig, key_file_contents, read_key_file};
+use roam_core::security::StaticKey;
 use roam_sim::{Family, RunOptions, Scenario, builtin};
 
 #[derive(Parser)]
@@ -58,6 +61,19 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Write a new host key to FILE (mode 0600; an existing file is never overwritten)
+    /// and print its public key.
+    Keygen {
+        /// Where to write the private key.
+        file: PathBuf,
+    },
+    /// Print the public key of a key file (as peers list it in their configuration).
+    Pubkey {
+        /// A key file written by `roam keygen`.
+        file: PathBuf,
+    },
+    /// Check a host configuration file (and the key file it names) and summarise it.
+    CheckConfig { file: PathBuf },
     /// Run a simulated scenario: a built-in one by name, or a TOML file.
     Sim {
         /// Built-in scenario name or path to a scenario file.
@@ -96,6 +112,43 @@ fn run(cli: Cli) -> Result<bool> {
             let sc = builtin::get("demo").expect("the demo is built in")?;
             simulate(&sc, &run)
         }
+        Command::Keygen { file } => {
+            let key = keygen(&file)?;
+            println!("{}", key.public());
+            eprintln!("roam: wrote {} (node {})", file.display(), key.public().node_id());
+            Ok(true)
+        }
+        Command::Pubkey { file } => {
+            let key = read_key_file(&file)?;
+            println!("{}", key.public());
+            Ok(true)
+        }
+        Command::CheckConfig { file } => {
+            let text =
+                std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let cfg = HostConfig::from_toml(&text, &file)?;
+            let key = read_key_file(&cfg.private_key_file)?;
+            check_key_file_mode(&cfg.private_key_file)?;
+            println!("{}: ok", file.display());
+            println!(
+                "  this host:   {} (node {})",
+                key.public(),
+                key.public().node_id()
+            );
+            println!("  trusts:      {} peer(s)", cfg.peers.len());
+            for (k, name) in &cfg.peers {
+                println!("    {name:<20} {k} (node {})", k.node_id());
+            }
+            if cfg.trust_on_first_use {
+                println!(
+                    "  trust on first use: ON (up to {} unknown keys are accepted and logged)",
+                    cfg.max_learned_keys
+                );
+            } else {
+                println!("  trust on first use: off");
+            }
+            Ok(true)
+        }
         Command::Sim { list: true, .. } => {
             for sc in builtin::all() {
                 let sc = sc?;
@@ -110,6 +163,49 @@ fn run(cli: Cli) -> Result<bool> {
             simulate(&sc, &run)
         }
     }
+}
+
+/// A fresh key from the operating system's random source, written to `path`: created
+/// (never overwritten) with mode 0600, as SSH and WireGuard keep private keys.
+fn keygen(path: &Path) -> Result<StaticKey> {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
+    let key = StaticKey::from_bytes(secret);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path).with_context(|| {
+        if path.exists() {
+            format!("{} exists: roam keygen never overwrites a key", path.display())
+        } else {
+            format!("cannot create {}", path.display())
+        }
+    })?;
+    f.write_all(key_file_contents(&key).as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(key)
+}
+
+/// A private key readable by others is refused, as ssh refuses such a key.
+fn check_key_file_mode(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .with_context(|| format!("cannot stat {}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            bail!(
+                "{}: mode {:o} lets others read the private key (chmod 600 it)",
+                path.display(),
+                mode & 0o777
+            );
+        }
+    }
+    Ok(())
 }
 
 fn load(name: &str) -> Result<Scenario> {

@@ -101,3 +101,90 @@ fn malformed_arguments_are_refused_with_usage() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("built-in: demo"), "{}", stderr(&o));
 }
+
+/// A fresh directory of this test's own under the system's temporary directory.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("roam-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn keygen_writes_a_private_key_once_with_mode_0600_and_pubkey_reads_it() {
+    let d = scratch("keygen");
+    let key = d.join("host.key");
+    let k = key.to_str().unwrap();
+    let o = roam(&["keygen", k]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let public = stdout(&o).trim().to_string();
+    assert_eq!(public.len(), 44, "base64 of 32 bytes: {public}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let o = roam(&["pubkey", k]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), public);
+    // Never overwritten: the second keygen fails and the key stays.
+    let before = std::fs::read(&key).unwrap();
+    let o = roam(&["keygen", k]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("never overwrites"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&key).unwrap(), before);
+    // Two keys are never the same.
+    let o = roam(&["keygen", d.join("other.key").to_str().unwrap()]);
+    assert_ne!(stdout(&o).trim(), public);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_configuration_is_checked_and_its_mistakes_named_with_their_line() {
+    let d = scratch("config");
+    let key = d.join("host.key");
+    let o = roam(&["keygen", key.to_str().unwrap()]);
+    let public = stdout(&o).trim().to_string();
+    let cfg = d.join("roam.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "private_key_file = \"host.key\"\n\n[[peer]]\nname = \"laptop\"\npublic_key = \"{public}\"\n"
+        ),
+    )
+    .unwrap();
+    let o = roam(&["check-config", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("laptop") && text.contains("trust on first use: off"),
+        "{text}"
+    );
+    // A bad key on line 5.
+    std::fs::write(
+        &cfg,
+        "private_key_file = \"host.key\"\n\n[[peer]]\nname = \"laptop\"\npublic_key = \"AAAA\"\n",
+    )
+    .unwrap();
+    let o = roam(&["check-config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("roam.toml:5:"), "{}", stderr(&o));
+    // A private key others can read is refused.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(
+            &cfg,
+            format!(
+                "private_key_file = \"host.key\"\n[[peer]]\nname = \"laptop\"\npublic_key = \"{public}\"\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let o = roam(&["check-config", cfg.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2));
+        assert!(stderr(&o).contains("chmod 600"), "{}", stderr(&o));
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -186,6 +186,7 @@ impl Endpoint {
         let mut moved = 0usize;
         let mut statuses = Vec::with_capacity(selectors.len());
         let mut left = BTreeSet::new();
+        let mut moved_to = None;
         for (_, sel) in &selectors {
             let status = if stale {
                 self.counters.migrations_stale += 1;
@@ -193,8 +194,11 @@ impl Endpoint {
             } else {
                 let (applied, status) = self.apply_selector(now, peer_id, sel, outage, remote);
                 moved += applied;
-                if applied > 0 && sel.remote.ip() != sel.new_remote.ip() {
-                    left.insert(sel.remote.ip());
+                if applied > 0 {
+                    moved_to.get_or_insert(sel.new_remote.ip());
+                    if sel.remote.ip() != sel.new_remote.ip() {
+                        left.insert(sel.remote.ip());
+                    }
                 }
                 status
             };
@@ -228,11 +232,11 @@ impl Endpoint {
                     ex.next = now;
                 }
             }
-            if moved > 0 {
+            if let Some(to) = moved_to {
                 self.events.push_back(Event::PeerMoved {
                     peer: peer_id,
                     flows: moved,
-                    to: remote,
+                    to,
                 });
             }
         }

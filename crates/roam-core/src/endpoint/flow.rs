@@ -199,6 +199,12 @@ impl Endpoint {
                     self.counters.flows_without_peer += 1;
                     FlowPeer::NotRoam
                 }
+                // We are answering a handshake from there (the far end started one
+                // as it opened the flow): wait for it rather than cross it with ours.
+                _ if self.responding.values().any(|r| r.remote.ip() == remote) => {
+                    self.probes.insert(remote, Probe::Pending);
+                    FlowPeer::Probing
+                }
                 _ => {
                     self.start_probe(now, local, remote);
                     FlowPeer::Probing

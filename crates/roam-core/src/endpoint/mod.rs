@@ -37,7 +37,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use rand_core::RngCore;
-use roam_wire::{DEFAULT_CONTROL_PORT, NodeId};
+use roam_wire::{DEFAULT_CONTROL_PORT, Message, NodeId};
 use serde::Serialize;
 
 pub use flow::{Flow, FlowPeer};
@@ -141,7 +141,7 @@ impl Config {
             rekey_after_messages: 1 << 20,
             rekey_grace: Duration::from_secs(10),
             unvalidated_budget: 16 * 1024,
-            max_path_challenges: 5,
+            max_path_challenges: 8,
             handshakes_per_second: 10.0,
             updates_per_second: 100.0,
             cookie_threshold: 64,
@@ -183,6 +183,10 @@ pub enum Input<'a> {
     /// restarted; the kernel kept its entries): the flow is known with its current
     /// tuple, and its peer will be found again by a handshake.
     Restore(FlowMapping),
+    /// The data plane received `bytes` from `from`, an address the endpoint said was
+    /// unvalidated ([`DataPlaneCommand::Unvalidated`]): traffic from an address raises
+    /// what may be sent there (three times what came), control messages included.
+    Heard { from: IpAddr, bytes: u64 },
     /// The time returned by [`Endpoint::poll_timeout`] has come.
     Timeout,
 }
@@ -256,7 +260,8 @@ pub enum Event {
         /// Seed 000 ¶0106: its own address differs from the datagram's source.
         behind_nat: bool,
     },
-    /// Registration went unanswered: flows to this address are left alone.
+    /// No roam peer at this address (the handshake went unanswered, or presented a
+    /// key this host does not trust): flows to it are left alone.
     PeerNotCapable { addr: IpAddr },
     /// This host moved some flows and told the peer.
     MoveStarted {
@@ -278,12 +283,9 @@ pub enum Event {
         flows: Vec<Tuple>,
         reason: &'static str,
     },
-    /// The peer moved and this host applied it.
-    PeerMoved {
-        peer: NodeId,
-        flows: usize,
-        to: SocketAddr,
-    },
+    /// The peer moved and this host applied it: the flows go to `to` now (if that
+    /// address has not proven itself yet, only within its budget until it does).
+    PeerMoved { peer: NodeId, flows: usize, to: IpAddr },
     /// A flow lost its local address and has no roam peer to move it with.
     FlowStranded { flow: Tuple, reason: &'static str },
     /// A conflict was resolved by remapping.
@@ -324,7 +326,9 @@ impl fmt::Display for Event {
                 }
                 Ok(())
             }
-            Event::PeerNotCapable { addr } => write!(f, "{addr} does not run roam"),
+            Event::PeerNotCapable { addr } => {
+                write!(f, "no roam peer at {addr} (no answer, or a key not trusted)")
+            }
             Event::MoveStarted { peer, flows, to, seq } => write!(
                 f,
                 "moving {flows} flow(s) with peer {peer} to {to} (update #{seq})"
@@ -390,6 +394,9 @@ pub struct Endpoint {
     initiating: BTreeMap<u32, Initiation>,
     /// Handshakes we answered, by our index.
     responding: BTreeMap<u32, Response>,
+    /// Our handshakes that ended (completed, or dropped because the peer's completed
+    /// first): a late or repeated answer to one is expected, not an attack. Bounded.
+    superseded: std::collections::VecDeque<u32>,
     handshake_limiter: RateLimiter<IpAddr>,
     update_limiter: RateLimiter<NodeId>,
     cookies: CookieJar,
@@ -428,6 +435,7 @@ impl Endpoint {
             sessions: BTreeMap::new(),
             initiating: BTreeMap::new(),
             responding: BTreeMap::new(),
+            superseded: std::collections::VecDeque::new(),
             handshake_limiter,
             update_limiter,
             cookies,
@@ -471,6 +479,21 @@ impl Endpoint {
     pub fn peer(&self, id: NodeId) -> Option<&Peer> {
         self.peers.get(&id)
     }
+
+    /// Seals a message of the caller's choosing for `peer` under the current session
+    /// (the session's counter advances), without sending it; `None` without a session.
+    /// For tools and tests: the simulator's malicious peer is a host that uses its own
+    /// keys to say what it likes. The host's own keys are all it can use.
+    pub fn seal_for(&mut self, peer: NodeId, msg: &Message) -> Option<Vec<u8>> {
+        let index = self.peers.get(&peer)?.session?;
+        self.sessions.get_mut(&index)?.seal(msg.clone()).ok()
+    }
+
+    /// Takes the sequence number the next update to `peer` would have (for a message
+    /// built for [`Endpoint::seal_for`]).
+    pub fn take_update_sequence(&mut self, peer: NodeId) -> Option<u16> {
+        Some(self.peers.get_mut(&peer)?.take_update_seq())
+    }
     pub fn local_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
         self.addresses.keys().copied()
     }
@@ -492,6 +515,13 @@ impl Endpoint {
             Input::Conflict { direction, tuple } => self.resolve_conflict(now, direction, tuple),
             Input::RequestUpdate { peer, at } => self.request_update(now, peer, at),
             Input::Restore(m) => self.restore(now, m),
+            Input::Heard { from, bytes } => {
+                for p in self.peers.values_mut() {
+                    if let Some(path) = p.paths.get_mut(&from).filter(|p| !p.validated) {
+                        path.received = path.received.saturating_add(bytes);
+                    }
+                }
+            }
             Input::Timeout => self.on_timeout(now),
         }
         self.flush_updates(now);
@@ -515,12 +545,17 @@ impl Endpoint {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let peers = self.peers.values().flat_map(|p| p.next_timeout());
         let probes = self.probes.values().filter_map(|p| p.next_timeout());
-        let handshakes = self.initiating.values().map(|i| i.exchange.next);
+        let handshakes = self.initiating.values().map(|i| i.exchange.next).chain(
+            self.responding
+                .values()
+                .map(|r| r.created + secure::RESPONDER_WAIT),
+        );
         let sessions = self.sessions.values().map(|s| self.session_deadline(s));
         peers.chain(probes).chain(handshakes).chain(sessions).min()
     }
 
     fn on_timeout(&mut self, now: Instant) {
+        self.responder_timeouts(now);
         self.probe_timeouts(now);
         self.handshake_timeouts(now);
         self.session_timeouts(now);

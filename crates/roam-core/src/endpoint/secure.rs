@@ -21,6 +21,10 @@ use crate::security::{Initiator, PublicKey, Responder, Session, TrustDecision};
 use crate::time::Instant;
 use crate::translate::{Protocol, Tuple};
 
+/// How long an answered handshake waits for its Finish: the initiator retransmits its
+/// Init (and so gets the Response again) well within this.
+pub(super) const RESPONDER_WAIT: Duration = Duration::from_secs(3);
+
 /// Capabilities this endpoint announces in its handshakes.
 const OUR_CAPABILITIES: u32 = Capabilities::MOBILE | Capabilities::HOLDS_PACKETS;
 
@@ -181,22 +185,7 @@ impl Endpoint {
     }
 
     fn on_init(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, msg: &Message) {
-        let (Some(their_index), Some(noise)) = (
-            msg.find(|e| {
-                if let Extension::SenderIndex(i) = e {
-                    Some(*i)
-                } else {
-                    None
-                }
-            }),
-            msg.find(|e| {
-                if let Extension::Noise(n) = e {
-                    Some(n.clone())
-                } else {
-                    None
-                }
-            }),
-        ) else {
+        let (Some(their_index), Some(noise)) = (msg.sender_index(), msg.noise()) else {
             return;
         };
         // A retransmitted Init: answer again with the same Response, no new work.
@@ -208,6 +197,7 @@ impl Endpoint {
             let mut m = r.message.clone();
             m.header.replay_id = clocks(now, their_stamp(msg.header.replay_id));
             let src = r.local;
+            self.counters.handshake_duplicates += 1;
             if let Ok(bytes) = m.encode_clear() {
                 self.transmit_clear(src, remote, bytes);
             }
@@ -242,13 +232,7 @@ impl Endpoint {
         }
         self.load.1 += 1;
         if self.load.1 > self.config.cookie_threshold {
-            match msg.find(|e| {
-                if let Extension::Cookie(c) = e {
-                    Some(*c)
-                } else {
-                    None
-                }
-            }) {
+            match msg.cookie() {
                 None => {
                     let cookie = self.cookies.make(self.rng.as_mut(), now, remote, their_index);
                     let reply = Message::new(Header::new(
@@ -272,7 +256,7 @@ impl Endpoint {
                 Some(_) => {}
             }
         }
-        let mut state = match Responder::read_init(&self.config.identity, self.rng.as_mut(), &noise) {
+        let mut state = match Responder::read_init(&self.config.identity, self.rng.as_mut(), noise) {
             Ok(s) => s,
             Err(_) => {
                 self.counters.drop_bad_handshake += 1;
@@ -318,42 +302,26 @@ impl Endpoint {
                 created: now,
             },
         );
+        self.counters.handshakes_answered += 1;
         self.transmit_clear(local.ip(), remote, bytes);
     }
 
     fn on_response(&mut self, now: Instant, remote: SocketAddr, msg: &Message) {
-        let (Some(ours), Some(theirs), Some(noise)) = (
-            msg.find(|e| {
-                if let Extension::ReceiverIndex(i) = e {
-                    Some(*i)
-                } else {
-                    None
-                }
-            }),
-            msg.find(|e| {
-                if let Extension::SenderIndex(i) = e {
-                    Some(*i)
-                } else {
-                    None
-                }
-            }),
-            msg.find(|e| {
-                if let Extension::Noise(n) = e {
-                    Some(n.clone())
-                } else {
-                    None
-                }
-            }),
-        ) else {
+        let (Some(ours), Some(theirs), Some(noise)) = (msg.receiver_index(), msg.sender_index(), msg.noise())
+        else {
             return;
         };
         let Some(init) = self.initiating.get_mut(&ours) else {
-            self.counters.drop_bad_handshake += 1;
+            if self.superseded.contains(&ours) {
+                self.counters.handshake_duplicates += 1;
+            } else {
+                self.counters.drop_bad_handshake += 1;
+            }
             return;
         };
         let Some(state) = init.state.as_mut() else { return };
         // A forged or corrupted response fails here and leaves our handshake as it was.
-        let Ok((key, payload)) = state.read_response(&noise) else {
+        let Ok((key, payload)) = state.read_response(noise) else {
             self.counters.drop_bad_handshake += 1;
             return;
         };
@@ -364,6 +332,7 @@ impl Endpoint {
         let Some(init) = self.initiating.remove(&ours) else {
             return;
         };
+        self.remember_ended(ours);
         // From here on the handshake is over, one way or the other: a failure must
         // settle the probe, or its flows would wait for a peer forever.
         let failed = |this: &mut Self, bad: bool| {
@@ -408,45 +377,42 @@ impl Endpoint {
     }
 
     fn on_finish(&mut self, now: Instant, remote: SocketAddr, msg: &Message) {
-        let (Some(ours), Some(noise)) = (
-            msg.find(|e| {
-                if let Extension::ReceiverIndex(i) = e {
-                    Some(*i)
-                } else {
-                    None
-                }
-            }),
-            msg.find(|e| {
-                if let Extension::Noise(n) = e {
-                    Some(n.clone())
-                } else {
-                    None
-                }
-            }),
-        ) else {
+        let (Some(ours), Some(noise)) = (msg.receiver_index(), msg.noise()) else {
             return;
         };
         let Some(resp) = self.responding.remove(&ours) else {
             // A copy of the Finish of a session we already have (the initiator sends
             // one with each message until it hears from us under the session).
-            if !self.sessions.contains_key(&ours) {
+            if self.sessions.contains_key(&ours) {
+                self.counters.handshake_duplicates += 1;
+            } else {
                 self.counters.drop_bad_handshake += 1;
             }
             return;
         };
-        let Ok((key, payload, keys)) = resp.state.finish(&noise) else {
+        let (local, answered) = (resp.local, resp.remote.ip());
+        let Ok((key, payload, keys)) = resp.state.finish(noise) else {
             self.counters.drop_bad_handshake += 1;
+            self.settle_answered(now, local, answered);
             return;
         };
         if msg.header.sender != key.node_id() {
             self.counters.drop_bad_handshake += 1;
+            self.settle_answered(now, local, answered);
             return;
         }
         if !self.trusted(&key, remote) {
+            // Not a peer of ours: its flows are left alone, as a host without roam's.
+            if matches!(self.probes.get(&answered), Some(Probe::Pending))
+                && !self.initiating.values().any(|i| i.to.ip() == answered)
+            {
+                self.probe_refused(now, answered);
+            }
             return;
         }
         let Ok(exts) = decode_extensions(&payload) else {
             self.counters.drop_bad_handshake += 1;
+            self.settle_answered(now, local, answered);
             return;
         };
         let rtt = echoed_rtt(now, msg.header.replay_id);
@@ -472,22 +438,7 @@ impl Endpoint {
     }
 
     fn on_cookie(&mut self, now: Instant, msg: &Message) {
-        let (Some(ours), Some(cookie)) = (
-            msg.find(|e| {
-                if let Extension::ReceiverIndex(i) = e {
-                    Some(*i)
-                } else {
-                    None
-                }
-            }),
-            msg.find(|e| {
-                if let Extension::Cookie(c) = e {
-                    Some(*c)
-                } else {
-                    None
-                }
-            }),
-        ) else {
+        let (Some(ours), Some(cookie)) = (msg.receiver_index(), msg.cookie()) else {
             return;
         };
         // Only a reply to an Init of ours counts: an off-path attacker would have to
@@ -578,8 +529,19 @@ impl Endpoint {
         self.counters.handshakes_completed += 1;
         self.probes.remove(&remote.ip());
         // Our own handshakes with this peer are moot now.
-        self.initiating
-            .retain(|_, i| i.to.ip() != remote.ip() && i.rekey_of != Some(id));
+        let moot: Vec<u32> = self
+            .initiating
+            .iter()
+            .filter(|(_, i)| i.to.ip() == remote.ip() || i.rekey_of == Some(id))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in moot {
+            self.initiating.remove(&k);
+            if self.superseded.len() >= 64 {
+                self.superseded.pop_front();
+            }
+            self.superseded.push_back(k);
+        }
         let first_seq = (self.rng.next_u32() & 0xffff) as u16;
         let is_new = !self.peers.contains_key(&id);
         let rekey_after = self.config.rekey_after;
@@ -686,6 +648,43 @@ impl Endpoint {
                     self.start_handshake(now, from, to, Some(peer));
                 }
             }
+        }
+    }
+
+    fn remember_ended(&mut self, index: u32) {
+        if self.superseded.len() >= 64 {
+            self.superseded.pop_front();
+        }
+        self.superseded.push_back(index);
+    }
+
+    /// Answered handshakes whose Finish never came are forgotten. A flow that waited
+    /// for one (see `associate`) gets a handshake of our own.
+    pub(super) fn responder_timeouts(&mut self, now: Instant) {
+        let expired: Vec<u32> = self
+            .responding
+            .iter()
+            .filter(|(_, r)| r.created + RESPONDER_WAIT <= now)
+            .map(|(i, _)| *i)
+            .collect();
+        for index in expired {
+            let Some(r) = self.responding.remove(&index) else {
+                continue;
+            };
+            self.settle_answered(now, r.local, r.remote.ip());
+        }
+    }
+
+    /// An answered handshake from `addr` ended without a session: if a probe of that
+    /// address was waiting on it, start our own.
+    fn settle_answered(&mut self, now: Instant, local: IpAddr, addr: IpAddr) {
+        let waiting = matches!(self.probes.get(&addr), Some(Probe::Pending))
+            && !self.initiating.values().any(|i| i.to.ip() == addr)
+            && !self.responding.values().any(|r| r.remote.ip() == addr)
+            && super::peer::peer_at(&self.peers, addr).is_none();
+        if waiting {
+            self.probes.remove(&addr);
+            self.start_probe(now, local, addr);
         }
     }
 
@@ -895,13 +894,7 @@ impl Endpoint {
 
     /// The mover's side: echo a challenge, from the address it came to.
     pub(super) fn on_path_challenge(&mut self, local: SocketAddr, remote: SocketAddr, msg: &Message) {
-        let Some(token) = msg.find(|e| {
-            if let Extension::Challenge(t) = e {
-                Some(*t)
-            } else {
-                None
-            }
-        }) else {
+        let Some(token) = msg.challenge() else {
             return;
         };
         let reply = Message::new(Header::new(
@@ -917,13 +910,7 @@ impl Endpoint {
     /// The peer's side: the echo came back from the address challenged.
     pub(super) fn on_path_response(&mut self, now: Instant, remote: SocketAddr, msg: &Message) {
         let peer = msg.header.sender;
-        let Some(token) = msg.find(|e| {
-            if let Extension::Challenge(t) = e {
-                Some(*t)
-            } else {
-                None
-            }
-        }) else {
+        let Some(token) = msg.challenge() else {
             return;
         };
         let addr = remote.ip();

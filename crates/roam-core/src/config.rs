@@ -1,0 +1,280 @@
+//! A host's configuration file: its key and the peers it trusts (docs/SECURITY.md), as
+//! WireGuard's `[Peer] PublicKey` or SSH's `known_hosts`.
+//!
+//! ```toml
+//! # The host's private key, as `roam keygen` wrote it (relative to this file).
+//! private_key_file = "host.key"
+//! # Accept keys not listed below, remembering at most this many (logged each time).
+//! # Off unless set.
+//! trust_on_first_use = false
+//! max_learned_keys = 1024
+//!
+//! [[peer]]
+//! name = "laptop"
+//! public_key = "5lpx/7tCxNUHyxNs0dDxr6j+xoOPqay9XGZTpRb1PAE="
+//! ```
+//!
+//! Parsing is I/O-free ([`HostConfig::from_toml`]); reading the key file is the
+//! caller's ([`read_key_file`]). Every error names the line it is on.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+use toml::Spanned;
+
+use crate::security::{PublicKey, StaticKey, Trust};
+
+/// A configuration error: what is wrong and where.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub struct ConfigError {
+    pub origin: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{l}: {}", self.origin, self.message),
+            None => write!(f, "{}: {}", self.origin, self.message),
+        }
+    }
+}
+
+/// A validated configuration. The key file is named, not yet read.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Resolved against the configuration file's directory.
+    pub private_key_file: PathBuf,
+    pub peers: BTreeMap<PublicKey, String>,
+    pub trust_on_first_use: bool,
+    pub max_learned_keys: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSpec {
+    private_key_file: Spanned<String>,
+    #[serde(default)]
+    trust_on_first_use: bool,
+    max_learned_keys: Option<Spanned<u64>>,
+    #[serde(default, rename = "peer")]
+    peers: Vec<PeerSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerSpec {
+    name: Spanned<String>,
+    public_key: Spanned<String>,
+}
+
+impl HostConfig {
+    /// Parses `text`, the contents of the file at `origin` (used for messages and to
+    /// resolve a relative key file path).
+    pub fn from_toml(text: &str, origin: &Path) -> Result<HostConfig, ConfigError> {
+        let name = origin.display().to_string();
+        let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+        let err = |span: std::ops::Range<usize>, message: String| ConfigError {
+            origin: name.clone(),
+            line: Some(line_of(span.start)),
+            message,
+        };
+        let spec: FileSpec = toml::from_str(text).map_err(|e| ConfigError {
+            origin: name.clone(),
+            line: e.span().map(|s| line_of(s.start)),
+            message: e.message().to_string(),
+        })?;
+        let key_file = spec.private_key_file.get_ref();
+        if key_file.is_empty() {
+            return Err(err(
+                spec.private_key_file.span(),
+                "private_key_file is empty".into(),
+            ));
+        }
+        let base = origin.parent().unwrap_or(Path::new("."));
+        let private_key_file = base.join(key_file);
+        let max_learned_keys = match &spec.max_learned_keys {
+            None => 1024,
+            Some(n) if (1..=1_000_000).contains(n.get_ref()) => *n.get_ref() as usize,
+            Some(n) => return Err(err(n.span(), "max_learned_keys must be 1..=1000000".into())),
+        };
+        let mut peers = BTreeMap::new();
+        let mut names = BTreeMap::new();
+        for p in &spec.peers {
+            let key: PublicKey = p
+                .public_key
+                .get_ref()
+                .parse()
+                .map_err(|e| err(p.public_key.span(), format!("public_key: {e}")))?;
+            let n = p.name.get_ref();
+            if n.trim().is_empty() {
+                return Err(err(p.name.span(), "a peer needs a name".into()));
+            }
+            if let Some(other) = peers.insert(key, n.clone()) {
+                return Err(err(
+                    p.public_key.span(),
+                    format!("peers \"{other}\" and \"{n}\" have the same public key"),
+                ));
+            }
+            if names.insert(n.clone(), ()).is_some() {
+                return Err(err(p.name.span(), format!("two peers are named \"{n}\"")));
+            }
+        }
+        if peers.is_empty() && !spec.trust_on_first_use {
+            return Err(ConfigError {
+                origin: name,
+                line: None,
+                message: "no [[peer]] and trust_on_first_use is off: this host would trust no one".into(),
+            });
+        }
+        Ok(HostConfig {
+            private_key_file,
+            peers,
+            trust_on_first_use: spec.trust_on_first_use,
+            max_learned_keys,
+        })
+    }
+
+    /// The trust policy this configuration describes.
+    pub fn trust(&self) -> Trust {
+        let mut t = Trust::keys(self.peers.iter().map(|(k, n)| (*k, n.clone())));
+        t.tofu = self.trust_on_first_use;
+        t.max_learned = self.max_learned_keys;
+        t
+    }
+}
+
+/// Parses a key file's contents: the private key in base64 (as `roam keygen` writes
+/// it), surrounding whitespace and `#` comment lines allowed.
+pub fn parse_key_file(text: &str) -> Result<StaticKey, crate::security::KeyError> {
+    let body: String = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    StaticKey::from_base64(&body)
+}
+
+/// What a key file holds, for writing: the private key in base64 and a comment with
+/// its public key.
+pub fn key_file_contents(key: &StaticKey) -> String {
+    format!(
+        "# roam host key; public key {}\n{}\n",
+        key.public(),
+        key.to_base64()
+    )
+}
+
+/// Reads a key file (the one piece of I/O here, for the daemon and the CLI).
+pub fn read_key_file(path: &Path) -> Result<StaticKey, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        origin: path.display().to_string(),
+        line: None,
+        message: format!("cannot read the key file: {e}"),
+    })?;
+    parse_key_file(&text).map_err(|e| ConfigError {
+        origin: path.display().to_string(),
+        line: None,
+        message: format!("not a roam key: {e}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "5lpx/7tCxNUHyxNs0dDxr6j+xoOPqay9XGZTpRb1PAE=";
+
+    fn parse(text: &str) -> Result<HostConfig, ConfigError> {
+        HostConfig::from_toml(text, Path::new("/etc/roam/roam.toml"))
+    }
+
+    #[test]
+    fn a_valid_file_lists_its_peers_and_resolves_the_key_path() {
+        let c = parse(&format!(
+            "private_key_file = \"host.key\"\n[[peer]]\nname = \"laptop\"\npublic_key = \"{KEY}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.private_key_file, PathBuf::from("/etc/roam/host.key"));
+        assert_eq!(c.peers.len(), 1);
+        assert!(!c.trust_on_first_use);
+        let mut t = c.trust();
+        assert_eq!(
+            t.decide(&KEY.parse().unwrap()),
+            crate::security::TrustDecision::Trusted
+        );
+        assert_eq!(
+            t.decide(&PublicKey([9; 32])),
+            crate::security::TrustDecision::Rejected
+        );
+    }
+
+    #[test]
+    fn each_mistake_is_named_with_its_line() {
+        let cases = [
+            (
+                "private_key_file = \"k\"\n[[peer]]\nname = \"x\"\npublic_key = \"AAAA\"\n",
+                4,
+                "32 bytes",
+            ),
+            (
+                "private_key_file = \"k\"\n[[peer]]\nname = \"x\"\npublic_key = \"!!\"\n",
+                4,
+                "base64",
+            ),
+            ("private_key_file = \"k\"\nbogus = 1\n", 2, "unknown field"),
+            (
+                &format!(
+                    "private_key_file = \"k\"\n[[peer]]\nname = \"x\"\npublic_key = \"{KEY}\"\n[[peer]]\nname = \"y\"\npublic_key = \"{KEY}\"\n"
+                ),
+                7,
+                "same public key",
+            ),
+            ("private_key_file = \"\"\ntrust_on_first_use = true\n", 1, "empty"),
+            (
+                "private_key_file = \"k\"\ntrust_on_first_use = true\nmax_learned_keys = 0\n",
+                3,
+                "max_learned_keys",
+            ),
+        ];
+        for (text, line, what) in cases {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.line, Some(line), "{e}");
+            assert!(e.message.contains(what), "{e}");
+        }
+        let e = parse("private_key_file = \"k\"\n").unwrap_err();
+        assert!(e.message.contains("trust no one"), "{e}");
+    }
+
+    #[test]
+    fn trust_on_first_use_is_explicit_and_bounded() {
+        let c = parse("private_key_file = \"k\"\ntrust_on_first_use = true\nmax_learned_keys = 1\n").unwrap();
+        let mut t = c.trust();
+        assert_eq!(
+            t.decide(&PublicKey([1; 32])),
+            crate::security::TrustDecision::Learned
+        );
+        assert_eq!(
+            t.decide(&PublicKey([1; 32])),
+            crate::security::TrustDecision::Trusted
+        );
+        assert_eq!(
+            t.decide(&PublicKey([2; 32])),
+            crate::security::TrustDecision::Rejected
+        );
+    }
+
+    #[test]
+    fn a_key_file_round_trips_and_rejects_garbage() {
+        let k = StaticKey::from_bytes([3; 32]);
+        let text = key_file_contents(&k);
+        assert!(text.contains(&k.public().to_string()));
+        assert_eq!(parse_key_file(&text).unwrap().public(), k.public());
+        assert!(parse_key_file("# nothing\n").is_err());
+        assert!(parse_key_file("not base64 at all").is_err());
+    }
+}
