@@ -12,6 +12,14 @@
 //! [[peer]]
 //! name = "laptop"
 //! public_key = "5lpx/7tCxNUHyxNs0dDxr6j+xoOPqay9XGZTpRb1PAE="
+//!
+//! # What roamd does (every key optional; these are the defaults).
+//! [daemon]
+//! control_port = 4791          # UDP port of the control channel, here and at peers
+//! data_plane = "nftables"      # or "none": agree moves, translate nothing (testing)
+//! flow_scan_ms = 200           # how often sock_diag is asked for the host's flows
+//! nudge = true                 # make TCP retransmit at once after a move
+//! move_message = "connection-update"   # or "migration-request", "address-change"
 //! ```
 //!
 //! Parsing is I/O-free ([`HostConfig::from_toml`]); reading the key file is the
@@ -52,6 +60,44 @@ pub struct HostConfig {
     pub peers: BTreeMap<PublicKey, String>,
     pub trust_on_first_use: bool,
     pub max_learned_keys: usize,
+    pub daemon: DaemonSettings,
+}
+
+/// Which kernel data plane roamd drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DataPlaneKind {
+    /// In-kernel stateless rewriting with nftables (docs/ARCHITECTURE.md).
+    #[default]
+    Nftables,
+    /// No translation at all: roamd agrees moves but rewrites nothing (for tests and
+    /// for watching what roam would do).
+    None,
+}
+
+/// The `[daemon]` section: how roamd runs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DaemonSettings {
+    pub control_port: u16,
+    pub data_plane: DataPlaneKind,
+    /// How often the host's sockets are listed (sock_diag). Flows opened between two
+    /// scans are found at the next one, or at once when an address goes away.
+    pub flow_scan: std::time::Duration,
+    /// Whether roam makes the local TCP send an ACK after a move (the nudge).
+    pub nudge: bool,
+    pub move_message: crate::endpoint::MoveMessage,
+}
+
+impl Default for DaemonSettings {
+    fn default() -> DaemonSettings {
+        DaemonSettings {
+            control_port: roam_wire::DEFAULT_CONTROL_PORT,
+            data_plane: DataPlaneKind::default(),
+            flow_scan: std::time::Duration::from_millis(200),
+            nudge: true,
+            move_message: crate::endpoint::MoveMessage::default(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -63,6 +109,17 @@ struct FileSpec {
     max_learned_keys: Option<Spanned<u64>>,
     #[serde(default, rename = "peer")]
     peers: Vec<PeerSpec>,
+    daemon: Option<Spanned<DaemonSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DaemonSpec {
+    control_port: Option<Spanned<u16>>,
+    data_plane: Option<DataPlaneKind>,
+    flow_scan_ms: Option<Spanned<u64>>,
+    nudge: Option<bool>,
+    move_message: Option<crate::endpoint::MoveMessage>,
 }
 
 #[derive(Deserialize)]
@@ -131,11 +188,31 @@ impl HostConfig {
                 message: "no [[peer]] and trust_on_first_use is off: this host would trust no one".into(),
             });
         }
+        let mut daemon = DaemonSettings::default();
+        if let Some(d) = &spec.daemon {
+            let d = d.get_ref();
+            if let Some(p) = &d.control_port {
+                if *p.get_ref() == 0 {
+                    return Err(err(p.span(), "control_port must be 1..=65535".into()));
+                }
+                daemon.control_port = *p.get_ref();
+            }
+            if let Some(ms) = &d.flow_scan_ms {
+                if !(10..=10_000).contains(ms.get_ref()) {
+                    return Err(err(ms.span(), "flow_scan_ms must be 10..=10000".into()));
+                }
+                daemon.flow_scan = std::time::Duration::from_millis(*ms.get_ref());
+            }
+            daemon.data_plane = d.data_plane.unwrap_or_default();
+            daemon.nudge = d.nudge.unwrap_or(true);
+            daemon.move_message = d.move_message.unwrap_or_default();
+        }
         Ok(HostConfig {
             private_key_file,
             peers,
             trust_on_first_use: spec.trust_on_first_use,
             max_learned_keys,
+            daemon,
         })
     }
 
@@ -181,6 +258,46 @@ pub fn read_key_file(path: &Path) -> Result<StaticKey, ConfigError> {
         line: None,
         message: format!("not a roam key: {e}"),
     })
+}
+
+/// Reads and validates a host configuration file, then its key file, which must not be
+/// readable by others (as ssh refuses such a key). What the CLI's `check-config` and the
+/// daemon both use, so both refuse the same things.
+pub fn load_host(path: &Path) -> Result<(HostConfig, StaticKey), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        origin: path.display().to_string(),
+        line: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    let cfg = HostConfig::from_toml(&text, path)?;
+    let key = read_key_file(&cfg.private_key_file)?;
+    check_key_file_mode(&cfg.private_key_file)?;
+    Ok((cfg, key))
+}
+
+/// A private key readable by group or others is refused.
+pub fn check_key_file_mode(path: &Path) -> Result<(), ConfigError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|e| ConfigError {
+            origin: path.display().to_string(),
+            line: None,
+            message: format!("cannot stat the key file: {e}"),
+        })?;
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(ConfigError {
+                origin: path.display().to_string(),
+                line: None,
+                message: format!(
+                    "mode {:o} lets others read the private key (chmod 600 it)",
+                    mode & 0o777
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -248,6 +365,38 @@ mod tests {
         }
         let e = parse("private_key_file = \"k\"\n").unwrap_err();
         assert!(e.message.contains("trust no one"), "{e}");
+        let tofu = "private_key_file = \"k\"\ntrust_on_first_use = true\n";
+        for (extra, line, what) in [
+            ("[daemon]\ncontrol_port = 0\n", 4, "control_port"),
+            ("[daemon]\ncontrol_port = 70000\n", 4, ""),
+            ("[daemon]\nflow_scan_ms = 5\n", 4, "flow_scan_ms"),
+            ("[daemon]\ndata_plane = \"ebpf\"\n", 4, "data_plane"),
+            ("[daemon]\nmove_message = \"teleport\"\n", 4, "move_message"),
+            ("[daemon]\nnudge = 1\n", 4, "expected a boolean"),
+            ("[daemon]\nport = 1\n", 4, "unknown field"),
+        ] {
+            let e = parse(&format!("{tofu}{extra}")).unwrap_err();
+            assert_eq!(e.line, Some(line), "{e}");
+            assert!(
+                e.message.contains(what) || e.message.contains("unknown variant"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_daemon_section_is_optional_and_read_when_present() {
+        let tofu = "private_key_file = \"k\"\ntrust_on_first_use = true\n";
+        assert_eq!(parse(tofu).unwrap().daemon, DaemonSettings::default());
+        let c = parse(&format!(
+            "{tofu}[daemon]\ncontrol_port = 5000\ndata_plane = \"none\"\nflow_scan_ms = 50\nnudge = false\nmove_message = \"address-change\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.daemon.control_port, 5000);
+        assert_eq!(c.daemon.data_plane, DataPlaneKind::None);
+        assert_eq!(c.daemon.flow_scan, std::time::Duration::from_millis(50));
+        assert!(!c.daemon.nudge);
+        assert_eq!(c.daemon.move_message, crate::endpoint::MoveMessage::AddressChange);
     }
 
     #[test]

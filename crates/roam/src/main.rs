@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use roam_core::config::{HostConfig, key_file_contents, read_key_file};
+use roam_core::config::{key_file_contents, load_host, read_key_file};
 use roam_core::security::StaticKey;
 use roam_sim::{Family, RunOptions, Scenario, builtin};
 
@@ -74,6 +74,39 @@ enum Command {
     },
     /// Check a host configuration file (and the key file it names) and summarise it.
     CheckConfig { file: PathBuf },
+    /// Run a scenario in the namespace lab (root): real kernel TCP across a move of a
+    /// real address, roamd on both hosts, measured from a capture.
+    Lab {
+        /// Scenario name (see --list).
+        #[arg(long, short, required_unless_present = "list")]
+        scenario: Option<String>,
+        /// List the lab scenarios.
+        #[arg(long)]
+        list: bool,
+        /// Address family.
+        #[arg(long, value_enum, default_value = "ipv4")]
+        family: FamilyArg,
+        /// Seed of the links' loss and the hosts' keys.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Run without roam (plain TCP: the reference that dies).
+        #[arg(long)]
+        no_roam: bool,
+        /// Turn off the retransmit nudge after a move.
+        #[arg(long)]
+        no_nudge: bool,
+        /// Bytes of each bulk stream.
+        #[arg(long, default_value_t = 40_000_000)]
+        bytes: u64,
+        /// Keep roamd's logs, status files and the capture (b.pcap) in DIR.
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run roamd, the host daemon, in the foreground (the same as the `roamd` command).
+    Daemon(roam::DaemonArgs),
     /// Run a simulated scenario: a built-in one by name, or a TOML file.
     Sim {
         /// Built-in scenario name or path to a scenario file.
@@ -88,14 +121,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ROAM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if let Command::Daemon(args) = cli.command {
+        roam::init_logging("info");
+        return roam::daemon_main(args);
+    }
+    roam::init_logging("warn");
+    match run(cli) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
@@ -124,11 +156,7 @@ fn run(cli: Cli) -> Result<bool> {
             Ok(true)
         }
         Command::CheckConfig { file } => {
-            let text =
-                std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let cfg = HostConfig::from_toml(&text, &file)?;
-            let key = read_key_file(&cfg.private_key_file)?;
-            check_key_file_mode(&cfg.private_key_file)?;
+            let (cfg, key) = load_host(&file)?;
             println!("{}: ok", file.display());
             println!(
                 "  this host:   {} (node {})",
@@ -156,6 +184,52 @@ fn run(cli: Cli) -> Result<bool> {
                 println!("{:<20} {first}", sc.name);
             }
             Ok(true)
+        }
+        Command::Daemon(_) => unreachable!("handled in main"),
+        Command::Lab { list: true, .. } => {
+            for s in roam_lab::scenario::SCENARIOS {
+                println!("{:<20} {}", s.name, s.description);
+            }
+            Ok(true)
+        }
+        Command::Lab {
+            scenario,
+            family,
+            seed,
+            no_roam,
+            no_nudge,
+            bytes,
+            keep,
+            json,
+            ..
+        } => {
+            let name = scenario.expect("clap requires --scenario without --list");
+            if !roam_lab::scenario::SCENARIOS.iter().any(|s| s.name == name) {
+                let names: Vec<&str> = roam_lab::scenario::SCENARIOS.iter().map(|s| s.name).collect();
+                bail!("no lab scenario {name:?} (there are: {})", names.join(", "));
+            }
+            if !roam_lab::lab_available()? {
+                bail!("the lab is switched off (ROAM_SKIP_NETNS=1)");
+            }
+            let mut opts = roam_lab::scenario::LabOptions::new(
+                std::env::current_exe().context("cannot find the roam executable")?,
+            );
+            opts.family = match family {
+                FamilyArg::Ipv4 => roam_lab::topology::Family::V4,
+                FamilyArg::Ipv6 => roam_lab::topology::Family::V6,
+            };
+            opts.seed = seed;
+            opts.roam = !no_roam;
+            opts.nudge = !no_nudge;
+            opts.bytes = bytes;
+            opts.keep = keep;
+            let report = roam_lab::scenario::run(&name, &opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(report.ok)
         }
         Command::Sim { scenario, run, .. } => {
             let name = scenario.expect("clap requires --scenario without --list");
@@ -186,26 +260,6 @@ fn keygen(path: &Path) -> Result<StaticKey> {
         .and_then(|()| f.sync_all())
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(key)
-}
-
-/// A private key readable by others is refused, as ssh refuses such a key.
-fn check_key_file_mode(path: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .with_context(|| format!("cannot stat {}", path.display()))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            bail!(
-                "{}: mode {:o} lets others read the private key (chmod 600 it)",
-                path.display(),
-                mode & 0o777
-            );
-        }
-    }
-    Ok(())
 }
 
 fn load(name: &str) -> Result<Scenario> {

@@ -188,3 +188,56 @@ fn a_configuration_is_checked_and_its_mistakes_named_with_their_line() {
     }
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn roamd_checks_its_configuration_and_refuses_a_bad_one_before_starting() {
+    let d = scratch("roamd-config");
+    let key = d.join("host.key");
+    let o = roam(&["keygen", key.to_str().unwrap()]);
+    let public = stdout(&o).trim().to_string();
+    let cfg = d.join("roam.toml");
+    let good = format!(
+        "private_key_file = \"host.key\"\n[[peer]]\nname = \"b\"\npublic_key = \"{public}\"\n[daemon]\nflow_scan_ms = 100\n"
+    );
+    std::fs::write(&cfg, &good).unwrap();
+    let roamd = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_roamd"))
+            .args(args)
+            .output()
+            .expect("roamd runs")
+    };
+    let o = roamd(&["--check-config", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("ok"), "{}", stdout(&o));
+    // A mistake in [daemon] on line 6: refused with its line, by both the check and a
+    // real start (nothing starts).
+    std::fs::write(&cfg, good.replace("flow_scan_ms = 100", "flow_scan_ms = 1")).unwrap();
+    for args in [
+        vec!["--check-config", cfg.to_str().unwrap()],
+        vec!["--config", cfg.to_str().unwrap()],
+    ] {
+        let o = roamd(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&o).contains("roam.toml:6:"), "{}", stderr(&o));
+        assert!(stderr(&o).contains("flow_scan_ms"), "{}", stderr(&o));
+    }
+    // Arguments that make no sense are refused with usage.
+    let o = roamd(&["--bogus"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = roamd(&[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--config"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn the_lab_scenarios_are_listed_and_an_unknown_one_is_refused() {
+    let o = roam(&["lab", "--list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for name in ["tcp-move", "two-moves", "lossy-new-path", "peer-stopped"] {
+        assert!(stdout(&o).contains(name), "{}", stdout(&o));
+    }
+    let o = roam(&["lab", "--scenario", "no-such-scenario"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no lab scenario"), "{}", stderr(&o));
+}

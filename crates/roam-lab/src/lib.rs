@@ -1,0 +1,25 @@
+//! roam's lab: topologies in Linux network namespaces (hosts, a router, two subnets for
+//! the mover), links emulated in userspace (delay, rate, loss; this kernel has no
+//! netem), real unmodified programs across a move, and measurements from captures.
+//!
+//! - [`netns`]: [`Lab`] owns namespaces and processes and cleans them up (drop, panic,
+//!   Ctrl-C, stale runs); [`Ns`] runs commands, children and closures inside one.
+//! - [`link`]: a wire between two interfaces over AF_PACKET: delay, rate, tail-drop
+//!   queue, seeded loss, all changeable at run time.
+//! - [`topology`]: the standard lab (host A with two access links, host B, router R).
+//! - [`capture`]: packet records with kernel timestamps, pcap files, handover gaps.
+//! - [`ping`], [`traffic`]: ICMP echo and TCP bulk transfers with digests, in Rust, run
+//!   inside namespaces.
+//!
+//! Everything here needs root; tests call [`lab_available`] first.
+
+pub mod capture;
+pub mod link;
+pub mod netns;
+pub mod ping;
+mod sys;
+pub mod topology;
+pub mod traffic;
+
+pub use netns::{Lab, LabError, Ns, lab_available};
+pub mod scenario;

@@ -1,0 +1,640 @@
+//! Lab scenarios: the standard topology, roamd on A and B, real kernel sockets across
+//! moves, and a report measured from a capture on B's access link.
+//!
+//! Every scenario checks what a user of host mobility cares about: every session
+//! survived, every byte arrived (SHA-256 at both ends), and how long the stream stood
+//! still (the handover gap, from packet timestamps on the wire, not from roam's logs).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+use roam_core::config::key_file_contents;
+use roam_core::security::StaticKey;
+use serde::Serialize;
+
+use crate::capture::{Capture, CaptureOptions, PacketFilter, Protocol, handover_gap, handover_report_around};
+use crate::netns::{Child, ChildOutput, LabError, Ns};
+use crate::topology::{B_IF, Family, LinkId, MoveTimes, Subnet, Topology, TopologyOptions};
+use crate::traffic::{TcpSink, TcpSource};
+
+/// A scenario: its name, what it shows, and how it runs.
+pub struct ScenarioInfo {
+    pub name: &'static str,
+    pub description: &'static str,
+    run: fn(&mut Run) -> Result<(), LabError>,
+}
+
+/// Every scenario, in the order `roam lab --list` shows them.
+pub const SCENARIOS: &[ScenarioInfo] = &[
+    ScenarioInfo {
+        name: "tcp-move",
+        description: "a TCP stream A->B; A moves to subnet 2 mid-stream (byte-exact digest)",
+        run: tcp_move,
+    },
+    ScenarioInfo {
+        name: "two-moves",
+        description: "a TCP stream; A moves to subnet 2 and back within one second",
+        run: two_moves,
+    },
+    ScenarioInfo {
+        name: "lossy-new-path",
+        description: "a TCP stream; A moves while 20% of packets on the new path are dropped for 2 s",
+        run: lossy_new_path,
+    },
+    ScenarioInfo {
+        name: "peer-stopped",
+        description: "a TCP stream; A moves while B's roamd is stopped for 5 s",
+        run: peer_stopped,
+    },
+];
+
+/// How a lab run is set up.
+#[derive(Clone, Debug)]
+pub struct LabOptions {
+    pub family: Family,
+    /// The `roam` executable (roamd runs as `roam daemon`).
+    pub roam_binary: PathBuf,
+    pub seed: u64,
+    pub rtt: Duration,
+    pub rate_bps: u64,
+    /// Run roamd on A and B (false: the plain-TCP reference, which dies).
+    pub roam: bool,
+    /// roamd makes TCP retransmit at once after a move.
+    pub nudge: bool,
+    /// Bytes of a bulk stream.
+    pub bytes: u64,
+    /// Keep roamd's logs, status files and the capture here (a temporary directory
+    /// otherwise, removed at the end).
+    pub keep: Option<PathBuf>,
+}
+
+impl LabOptions {
+    pub fn new(roam_binary: PathBuf) -> LabOptions {
+        LabOptions {
+            family: Family::V4,
+            roam_binary,
+            seed: 1,
+            rtt: Duration::from_millis(20),
+            rate_bps: 100_000_000,
+            roam: true,
+            nudge: true,
+            bytes: 40_000_000,
+            keep: None,
+        }
+    }
+}
+
+/// One stream's outcome.
+#[derive(Clone, Debug, Serialize)]
+pub struct StreamReport {
+    pub name: String,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub sent_sha256: String,
+    pub received_sha256: String,
+    /// Completed, and the digests match.
+    pub ok: bool,
+}
+
+/// One move as the wire saw it.
+#[derive(Clone, Debug, Serialize)]
+pub struct MoveReport {
+    /// Seconds from the start of the run.
+    pub at_s: f64,
+    pub from: String,
+    pub to: String,
+    /// How long the address change itself took (delete, add, routes).
+    pub address_change_ms: f64,
+    /// The longest time no new payload reached B's link within 3 s of the move.
+    pub gap_ms: Option<f64>,
+    pub recovered: bool,
+    pub goodput_before_mbps: f64,
+    pub goodput_after_mbps: f64,
+}
+
+/// What a lab run found.
+#[derive(Clone, Debug, Serialize)]
+pub struct LabReport {
+    pub scenario: String,
+    pub family: String,
+    pub roam: bool,
+    pub nudge: bool,
+    pub streams: Vec<StreamReport>,
+    pub moves: Vec<MoveReport>,
+    /// roamd's status on each host at the end (its JSON snapshot).
+    pub roamd: Vec<(String, serde_json::Value)>,
+    pub notes: Vec<String>,
+    pub ok: bool,
+    pub wall_s: f64,
+}
+
+impl std::fmt::Display for LabReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "lab scenario {} ({}, roam {}, nudge {})",
+            self.scenario,
+            self.family,
+            if self.roam { "on" } else { "off" },
+            if self.nudge { "on" } else { "off" }
+        )?;
+        for s in &self.streams {
+            writeln!(
+                f,
+                "  stream {}: {} of {} bytes  {}",
+                s.name,
+                s.bytes_received,
+                s.bytes_sent,
+                if s.ok { "OK" } else { "BROKEN" }
+            )?;
+            writeln!(f, "      sent     sha256 {}", s.sent_sha256)?;
+            writeln!(f, "      received sha256 {}", s.received_sha256)?;
+        }
+        for m in &self.moves {
+            write!(
+                f,
+                "  move at {:.3} s: {} -> {} (address change {:.1} ms)",
+                m.at_s, m.from, m.to, m.address_change_ms
+            )?;
+            match m.gap_ms {
+                Some(g) if m.recovered => write!(f, "; handover gap {g:.1} ms on the wire")?,
+                Some(g) => write!(f, "; stream silent for {g:.0} ms and did not recover")?,
+                None => write!(f, "; stream not flowing at the move")?,
+            }
+            writeln!(
+                f,
+                "; goodput {:.1} -> {:.1} Mbit/s",
+                m.goodput_before_mbps, m.goodput_after_mbps
+            )?;
+        }
+        for (host, st) in &self.roamd {
+            let c = &st["counters"];
+            writeln!(
+                f,
+                "  roamd {host}: {} peer(s), {} flow(s); messages sent {}, retransmits {}, dropped malformed {} / bad auth {} / unknown session {}",
+                st["peers"].as_array().map_or(0, Vec::len),
+                st["flows"].as_array().map_or(0, Vec::len),
+                c["messages_sent"],
+                c["retransmits"],
+                c["drop_malformed"],
+                c["drop_bad_auth"],
+                c["drop_unknown_session"],
+            )?;
+        }
+        for n in &self.notes {
+            writeln!(f, "  note: {n}")?;
+        }
+        writeln!(f, "  wall time {:.1} s", self.wall_s)?;
+        writeln!(
+            f,
+            "result: {}",
+            if self.ok {
+                "OK, every session survived and every byte arrived"
+            } else {
+                "FAILED"
+            }
+        )
+    }
+}
+
+/// Runs the scenario `name`.
+pub fn run(name: &str, options: &LabOptions) -> Result<LabReport, LabError> {
+    let info = SCENARIOS.iter().find(|s| s.name == name).ok_or_else(|| {
+        let names: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
+        LabError::Invalid(format!(
+            "no lab scenario {name:?} (there are: {})",
+            names.join(", ")
+        ))
+    })?;
+    let mut run = Run::start(info.name, options)?;
+    let result = (info.run)(&mut run);
+    run.finish(result)
+}
+
+/// A run in progress: the topology, roamd on both hosts, the capture.
+pub struct Run {
+    name: &'static str,
+    options: LabOptions,
+    topology: Topology,
+    dir: PathBuf,
+    temporary: bool,
+    roamd: Vec<(String, Child)>,
+    capture: Option<Capture>,
+    started: SystemTime,
+    wall: Instant,
+    streams: Vec<StreamReport>,
+    moves: Vec<MoveTimes>,
+    /// Streams to measure gaps on: packets to this address and port.
+    measured: Option<SocketAddr>,
+    notes: Vec<String>,
+}
+
+impl Run {
+    fn start(name: &'static str, options: &LabOptions) -> Result<Run, LabError> {
+        let topology = Topology::build(TopologyOptions {
+            rtt: options.rtt,
+            rate_bps: options.rate_bps,
+            seed: options.seed,
+            ..TopologyOptions::default()
+        })?;
+        let (dir, temporary) = match &options.keep {
+            Some(d) => (d.clone(), false),
+            None => (
+                std::env::temp_dir().join(format!("{}-{name}", topology.lab().prefix())),
+                true,
+            ),
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
+        let capture = Capture::start(
+            topology.b(),
+            B_IF,
+            CaptureOptions {
+                pcap: Some(dir.join("b.pcap")),
+                ..CaptureOptions::default()
+            },
+        )?;
+        let mut run = Run {
+            name,
+            options: options.clone(),
+            topology,
+            dir,
+            temporary,
+            roamd: Vec::new(),
+            capture: Some(capture),
+            started: SystemTime::now(),
+            wall: Instant::now(),
+            streams: Vec::new(),
+            moves: Vec::new(),
+            measured: None,
+            notes: Vec::new(),
+        };
+        if options.roam {
+            run.start_roamd()?;
+        }
+        Ok(run)
+    }
+
+    fn family(&self) -> Family {
+        self.options.family
+    }
+
+    fn a(&self) -> &Ns {
+        self.topology.a()
+    }
+
+    fn b(&self) -> &Ns {
+        self.topology.b()
+    }
+
+    /// Writes a key and a configuration for A and B (each trusting the other) and
+    /// starts `roam daemon` in both namespaces; returns when both report their
+    /// addresses.
+    fn start_roamd(&mut self) -> Result<(), LabError> {
+        let mut rng = ChaCha20Rng::seed_from_u64(self.options.seed ^ 0x726f_616d);
+        let mut secret = || {
+            let mut s = [0u8; 32];
+            rng.fill_bytes(&mut s);
+            StaticKey::from_bytes(s)
+        };
+        let keys = [("a", secret()), ("b", secret())];
+        for (i, (host, key)) in keys.iter().enumerate() {
+            let (peer, peer_key) = &keys[1 - i];
+            let dir = self.dir.join(host);
+            std::fs::create_dir_all(&dir).map_err(|e| LabError::io("creating a host directory", e))?;
+            write_private(&dir.join("host.key"), &key_file_contents(key))?;
+            let config = format!(
+                "# written by roam lab\nprivate_key_file = \"host.key\"\n\n[[peer]]\nname = \"{peer}\"\npublic_key = \"{}\"\n\n[daemon]\nnudge = {}\n",
+                peer_key.public(),
+                self.options.nudge
+            );
+            std::fs::write(dir.join("roam.toml"), config)
+                .map_err(|e| LabError::io("writing a configuration", e))?;
+        }
+        for host in ["a", "b"] {
+            self.spawn_roamd(host)?;
+        }
+        for host in ["a", "b"] {
+            self.wait_status(host, Duration::from_secs(10), |s| {
+                s["addresses"].as_array().is_some_and(|a| !a.is_empty())
+            })?;
+        }
+        Ok(())
+    }
+
+    fn spawn_roamd(&mut self, host: &str) -> Result<(), LabError> {
+        let dir = self.dir.join(host);
+        let status = dir.join("status.json");
+        let _ = std::fs::remove_file(&status);
+        let ns = if host == "a" { self.a() } else { self.b() };
+        let bin = self.options.roam_binary.display().to_string();
+        let config = dir.join("roam.toml").display().to_string();
+        let status_arg = status.display().to_string();
+        let log_level = std::env::var("ROAM_LAB_LOG").unwrap_or_else(|_| "info".into());
+        let child = ns.spawn(
+            &[
+                "env",
+                &format!("ROAM_LOG={log_level}"),
+                &bin,
+                "daemon",
+                "--config",
+                &config,
+                "--status-file",
+                &status_arg,
+            ],
+            ChildOutput::File(dir.join("roamd.log")),
+        )?;
+        self.roamd.retain(|(h, _)| h != host);
+        self.roamd.push((host.to_owned(), child));
+        Ok(())
+    }
+
+    fn roamd_pid(&self, host: &str) -> Option<u32> {
+        self.roamd.iter().find(|(h, _)| h == host).map(|(_, c)| c.pid())
+    }
+
+    /// roamd's last status snapshot on `host`.
+    pub fn status(&self, host: &str) -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dir.join(host).join("status.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Waits (bounded) until `host`'s status satisfies `ok`.
+    fn wait_status(
+        &self,
+        host: &str,
+        within: Duration,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value, LabError> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.status(host)
+                && ok(&s)
+            {
+                return Ok(s);
+            }
+            if let Some((_, c)) = self.roamd.iter().find(|(h, _)| h == host)
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                return Err(LabError::Invalid(format!(
+                    "roamd on {host} exited ({status}); see {}",
+                    self.dir.join(host).join("roamd.log").display()
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(LabError::Invalid(format!(
+                    "roamd on {host} did not reach the expected state within {within:?}; see {}",
+                    self.dir.join(host).display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until both roamds know each other and share at least one flow: the
+    /// session a move needs exists.
+    fn wait_sessions(&self) -> Result<(), LabError> {
+        if !self.options.roam {
+            return Ok(());
+        }
+        for host in ["a", "b"] {
+            self.wait_status(host, Duration::from_secs(10), |s| {
+                s["peers"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|p| p["flows"].as_u64() > Some(0)))
+            })?;
+        }
+        Ok(())
+    }
+
+    fn move_a(&mut self) -> Result<(), LabError> {
+        let t = if self.topology.a_subnet() == Subnet::One {
+            self.topology.move_a()?
+        } else {
+            self.topology.move_a_back()?
+        };
+        self.moves.push(t);
+        Ok(())
+    }
+
+    /// A bulk stream A->B of `options.bytes`, measured at B's link.
+    fn bulk(&mut self, port: u16) -> Result<(TcpSink, TcpSource), LabError> {
+        let listen = SocketAddr::new(self.topology.b_address(self.family()), port);
+        let sink = TcpSink::start(self.b(), listen, Duration::from_secs(60))?;
+        let source = TcpSource::start(
+            self.a(),
+            listen,
+            self.options.bytes,
+            self.options.seed,
+            Duration::from_secs(60),
+        )?;
+        self.measured = Some(listen);
+        Ok((sink, source))
+    }
+
+    /// Waits until the source has handed `fraction` of its bytes to the kernel.
+    fn wait_sent(&self, source: &TcpSource, fraction: f64) -> Result<(), LabError> {
+        let target = (self.options.bytes as f64 * fraction) as u64;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while source.sent() < target {
+            if Instant::now() >= deadline {
+                return Err(LabError::Invalid(format!(
+                    "the stream did not reach {target} bytes within 30 s"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    fn finish_bulk(&mut self, name: &str, sink: TcpSink, source: TcpSource) -> Result<(), LabError> {
+        let sent = source.join()?;
+        let got = sink.join()?;
+        self.streams.push(StreamReport {
+            name: name.to_owned(),
+            bytes_sent: sent.bytes,
+            bytes_received: got.bytes,
+            ok: sent.completed
+                && got.completed
+                && sent.sha256 == got.sha256
+                && got.bytes == self.options.bytes,
+            sent_sha256: sent.sha256,
+            received_sha256: got.sha256,
+        });
+        Ok(())
+    }
+
+    fn finish(mut self, result: Result<(), LabError>) -> Result<LabReport, LabError> {
+        // Let the last snapshot land before reading it.
+        std::thread::sleep(Duration::from_millis(1100));
+        let roamd: Vec<(String, serde_json::Value)> = ["a", "b"]
+            .iter()
+            .filter_map(|h| self.status(h).map(|s| (h.to_string(), s)))
+            .collect();
+        for (_, c) in &self.roamd {
+            c.kill();
+        }
+        let summary = self.capture.take().map(Capture::stop).transpose()?;
+        if let Err(e) = &result {
+            self.notes.push(format!("scenario error: {e}"));
+        }
+        let mut moves = Vec::new();
+        for t in &self.moves {
+            let at_s = t
+                .started
+                .duration_since(self.started)
+                .unwrap_or_default()
+                .as_secs_f64();
+            let (mut gap_ms, mut recovered, mut before, mut after) = (None, false, 0.0, 0.0);
+            if let (Some(summary), Some(dst)) = (&summary, self.measured) {
+                // The gap over 3 s either side; goodput over the second either side.
+                let h = handover_report_around(
+                    &summary.records,
+                    &PacketFilter::to(Protocol::Tcp, dst),
+                    t.started,
+                    Duration::from_secs(1),
+                    Duration::from_secs(1),
+                );
+                // A stream that ended within the window is not silent after its end.
+                let filter = PacketFilter::to(Protocol::Tcp, dst);
+                let last = summary
+                    .records
+                    .iter()
+                    .filter(|r| r.payload_len > 0 && filter.matches(r))
+                    .map(|r| r.time)
+                    .max();
+                let window_end = match last.and_then(|l| l.duration_since(t.started).ok()) {
+                    Some(d) if d < Duration::from_secs(3) => d,
+                    _ => Duration::from_secs(3),
+                };
+                let gap = handover_gap(
+                    &summary.records,
+                    &filter,
+                    t.started,
+                    Duration::from_secs(3),
+                    window_end,
+                );
+                if let Some(g) = gap {
+                    gap_ms = Some(g.length.as_secs_f64() * 1e3);
+                    recovered = g.recovered;
+                }
+                before = h.before.bits_per_second() / 1e6;
+                after = h.after.bits_per_second() / 1e6;
+            }
+            moves.push(MoveReport {
+                at_s,
+                from: format!("{:?}", t.from),
+                to: format!("{:?}", t.to),
+                address_change_ms: t.duration().as_secs_f64() * 1e3,
+                gap_ms,
+                recovered,
+                goodput_before_mbps: before,
+                goodput_after_mbps: after,
+            });
+        }
+        if let Some(s) = &summary
+            && s.kernel_drops > 0
+        {
+            self.notes.push(format!(
+                "the capture missed {} frames (gaps may read long)",
+                s.kernel_drops
+            ));
+        }
+        let ok = result.is_ok() && !self.streams.is_empty() && self.streams.iter().all(|s| s.ok);
+        let report = LabReport {
+            scenario: self.name.to_owned(),
+            family: format!("{:?}", self.options.family).to_lowercase(),
+            roam: self.options.roam,
+            nudge: self.options.nudge,
+            streams: self.streams.clone(),
+            moves,
+            roamd,
+            notes: self.notes.clone(),
+            ok,
+            wall_s: self.wall.elapsed().as_secs_f64(),
+        };
+        if self.temporary && ok {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            self.notes.push(format!("logs kept in {}", self.dir.display()));
+        }
+        Ok(report)
+    }
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), LabError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
+    f.write_all(contents.as_bytes())
+        .map_err(|e| LabError::io(format!("writing {}", path.display()), e))
+}
+
+fn signal(pid: u32, sig: libc::c_int) -> Result<(), LabError> {
+    // SAFETY: kill(2) with a pid we spawned; no memory is shared.
+    if unsafe { libc::kill(pid as libc::pid_t, sig) } != 0 {
+        return Err(LabError::io(
+            format!("signalling {pid}"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+// ---- the scenarios ----
+
+fn tcp_move(run: &mut Run) -> Result<(), LabError> {
+    let (sink, source) = run.bulk(5001)?;
+    run.wait_sessions()?;
+    run.wait_sent(&source, 0.4)?;
+    run.move_a()?;
+    run.finish_bulk("bulk a->b", sink, source)
+}
+
+fn two_moves(run: &mut Run) -> Result<(), LabError> {
+    let (sink, source) = run.bulk(5002)?;
+    run.wait_sessions()?;
+    run.wait_sent(&source, 0.3)?;
+    run.move_a()?;
+    std::thread::sleep(Duration::from_millis(500));
+    run.move_a()?;
+    run.finish_bulk("bulk a->b", sink, source)
+}
+
+fn lossy_new_path(run: &mut Run) -> Result<(), LabError> {
+    let (sink, source) = run.bulk(5003)?;
+    run.wait_sessions()?;
+    run.wait_sent(&source, 0.3)?;
+    let link = run.topology.link(LinkId::A2);
+    for d in [crate::link::Direction::Forward, crate::link::Direction::Reverse] {
+        link.set_loss_for(d, 0.2, Duration::from_secs(2));
+    }
+    run.move_a()?;
+    run.finish_bulk("bulk a->b", sink, source)
+}
+
+fn peer_stopped(run: &mut Run) -> Result<(), LabError> {
+    let (sink, source) = run.bulk(5004)?;
+    run.wait_sessions()?;
+    run.wait_sent(&source, 0.3)?;
+    let pid = run.roamd_pid("b");
+    if let Some(pid) = pid {
+        signal(pid, libc::SIGSTOP)?;
+    }
+    run.move_a()?;
+    std::thread::sleep(Duration::from_secs(5));
+    if let Some(pid) = pid {
+        signal(pid, libc::SIGCONT)?;
+    }
+    run.notes
+        .push("B's roamd was stopped (SIGSTOP) for 5 s from the move".into());
+    run.finish_bulk("bulk a->b", sink, source)
+}

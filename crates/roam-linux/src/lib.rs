@@ -1,0 +1,15 @@
+//! roam on Linux: everything that touches the kernel, behind small synchronous or async
+//! APIs that the daemon (`roamd`) drives. Nothing here decides anything: the sans-IO
+//! endpoint in `roam-core` decides, this crate observes and obeys.
+//!
+//! - [`netlink`]: local addresses and their changes (rtnetlink), and keeping a moved
+//!   flow's original address usable by the stack for existing sockets only.
+//! - [`sockdiag`]: the TCP and UDP sockets of this host (sock_diag), as flows.
+//! - [`nft`]: the kernel data plane (nftables, inet family): translation entries,
+//!   hold, return-routability budgets.
+//! - [`nudge`]: make the local TCP stack send its current ACK for a flow at once.
+
+pub mod netlink;
+pub mod nft;
+pub mod nudge;
+pub mod sockdiag;
