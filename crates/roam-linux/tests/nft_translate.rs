@@ -243,9 +243,20 @@ fn address_entries_translate_every_flow_of_the_address() {
     let flow_o = tuple(Protocol::Udp, sa(a.x1, 41001), sa(a.y, 5353));
     let flow_c = tuple(Protocol::Udp, sa(a.x2, 45001), sa(a.y, 5353));
     install_move(&mut px, &mut py, flow_o, flow_c, false);
+    let capture = Capture::open(&lab.y, &lab.y_if);
     for s in &socks {
         s.send_to(b"via address", sa(a.y, 5353)).unwrap();
     }
+    // On the wire: the address entry's x2:41000 and the flow entry's x2:45001.
+    let mut wire = Vec::new();
+    while let Some(f) = capture.find(Duration::from_millis(300), |f| udp_source(f).is_some()) {
+        wire.push(udp_source(&f).unwrap());
+        if wire.len() == 2 {
+            break;
+        }
+    }
+    wire.sort();
+    assert_eq!(wire, vec![sa(a.x2, 41000), sa(a.x2, 45001)]);
     let mut got: Vec<_> = drain_udp(&uy).into_iter().map(|(_, f)| f).collect();
     got.sort();
     assert_eq!(got, vec![sa(a.x1, 41000), sa(a.x1, 41001)]);
@@ -262,4 +273,19 @@ fn address_entries_translate_every_flow_of_the_address() {
     assert_eq!(lab.y.mib("Udp", "InCsumErrors"), 0);
     assert_eq!(lab.x.mib("Udp", "InCsumErrors"), 0);
     assert_eq!(px.entries().addresses.len(), 1);
+}
+
+/// The source of a UDP datagram in an Ethernet frame.
+fn udp_source(frame: &[u8]) -> Option<std::net::SocketAddr> {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let p = SlicedPacket::from_ethernet(frame).ok()?;
+    let src: std::net::IpAddr = match p.net? {
+        NetSlice::Ipv4(v4) => v4.header().source_addr().into(),
+        NetSlice::Ipv6(v6) => v6.header().source_addr().into(),
+        _ => return None,
+    };
+    match p.transport? {
+        TransportSlice::Udp(u) => Some(std::net::SocketAddr::new(src, u.source_port())),
+        _ => None,
+    }
 }
