@@ -22,8 +22,8 @@
 //! move_message = "connection-update"   # or "migration-request", "address-change"
 //! ```
 //!
-//! Parsing is I/O-free ([`HostConfig::from_toml`]); reading the key file is the
-//! caller's ([`read_key_file`]). Every error names the line it is on.
+//! Everything here is I/O-free ([`HostConfig::from_toml`], [`parse_key_file`]): reading
+//! the files is the daemon's (`roamd::config`). Every error names the line it is on.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -244,60 +244,6 @@ pub fn key_file_contents(key: &StaticKey) -> String {
         key.public(),
         key.to_base64()
     )
-}
-
-/// Reads a key file (the one piece of I/O here, for the daemon and the CLI).
-pub fn read_key_file(path: &Path) -> Result<StaticKey, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        origin: path.display().to_string(),
-        line: None,
-        message: format!("cannot read the key file: {e}"),
-    })?;
-    parse_key_file(&text).map_err(|e| ConfigError {
-        origin: path.display().to_string(),
-        line: None,
-        message: format!("not a roam key: {e}"),
-    })
-}
-
-/// Reads and validates a host configuration file, then its key file, which must not be
-/// readable by others (as ssh refuses such a key). What the CLI's `check-config` and the
-/// daemon both use, so both refuse the same things.
-pub fn load_host(path: &Path) -> Result<(HostConfig, StaticKey), ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        origin: path.display().to_string(),
-        line: None,
-        message: format!("cannot read: {e}"),
-    })?;
-    let cfg = HostConfig::from_toml(&text, path)?;
-    let key = read_key_file(&cfg.private_key_file)?;
-    check_key_file_mode(&cfg.private_key_file)?;
-    Ok((cfg, key))
-}
-
-/// A private key readable by group or others is refused.
-pub fn check_key_file_mode(path: &Path) -> Result<(), ConfigError> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path).map_err(|e| ConfigError {
-            origin: path.display().to_string(),
-            line: None,
-            message: format!("cannot stat the key file: {e}"),
-        })?;
-        let mode = meta.permissions().mode();
-        if mode & 0o077 != 0 {
-            return Err(ConfigError {
-                origin: path.display().to_string(),
-                line: None,
-                message: format!(
-                    "mode {:o} lets others read the private key (chmod 600 it)",
-                    mode & 0o777
-                ),
-            });
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -415,7 +415,8 @@ pub struct Gap {
 /// The handover gap: among payload-carrying packets matching `filter` within
 /// `[moved_at - before, moved_at + after]`, the longest interval between consecutive
 /// ones, or from the last one to the window's end when the stream did not end there
-/// (no TCP FIN or RST matching `filter` after it): such a silence is not `recovered`.
+/// (no TCP FIN or RST matching `filter` in the window): such a silence is not
+/// `recovered`.
 /// Packets already on the wire at the move arrive after it, so a stream that died at
 /// the move still shows payload after `moved_at`; only the tail tells. The window must
 /// lie within the capture. `None` if no payload packet came before the move in the
@@ -461,10 +462,12 @@ pub fn handover_gap(
             };
         }
     }
+    // Any FIN or RST in the window ends the stream there: a retransmission that fills a
+    // hole can come after the FIN (SACK recovery at the end of a transfer), so "after
+    // the last payload packet" would take a finished stream for a dead one.
     let ended = in_window.iter().any(|r| {
-        r.time >= last
-            && r.tcp
-                .is_some_and(|t| t.flags.has(TcpFlags::FIN) || t.flags.has(TcpFlags::RST))
+        r.tcp
+            .is_some_and(|t| t.flags.has(TcpFlags::FIN) || t.flags.has(TcpFlags::RST))
     });
     let tail = end.duration_since(last).unwrap_or_default();
     if !ended && tail >= gap.length {
@@ -581,17 +584,6 @@ pub struct HandoverReport {
     pub after: Goodput,
 }
 
-/// [`handover_gap`] over `window` either side of the move, and [`goodput`] over the
-/// same spans.
-pub fn handover_report(
-    records: &[PacketRecord],
-    filter: &PacketFilter,
-    moved_at: SystemTime,
-    window: Duration,
-) -> HandoverReport {
-    handover_report_around(records, filter, moved_at, window, window)
-}
-
 /// [`handover_gap`] over `[moved_at - before, moved_at + after]`, and [`goodput`]
 /// either side of the move over the same spans.
 pub fn handover_report_around(
@@ -698,6 +690,13 @@ mod tests {
         let gap = handover_gap(&draining, &filter, moved, 500 * MS, 3000 * MS).unwrap();
         assert_eq!((gap.length, gap.recovered), (2985 * MS, false));
 
+        // A hole filled after the FIN (SACK recovery at the end): still a finished
+        // stream, not a silence to the window's end.
+        let mut late = records.clone();
+        late.push(rec(1260, 10_950, 100));
+        let gap = handover_gap(&late, &filter, moved, 500 * MS, 3000 * MS).unwrap();
+        assert_eq!((gap.length, gap.recovered), (150 * MS, true));
+
         // Nothing before the move: nothing to measure.
         assert!(handover_gap(&records[101..], &filter, moved, 500 * MS, 500 * MS).is_none());
         // Another destination: nothing matches.
@@ -733,7 +732,7 @@ mod tests {
         assert!((g.bits_per_second() - 28_000.0).abs() < 1e-6);
         // State from before the window still decides what is new inside it.
         assert_eq!(goodput(&records, &filter, at(150), at(1000)).bytes, 1500);
-        let report = handover_report(&records, &filter, at(500), 500 * MS);
+        let report = handover_report_around(&records, &filter, at(500), 500 * MS, 500 * MS);
         assert_eq!((report.before.bytes, report.after.bytes), (2500, 1000));
         assert_eq!(report.gap.unwrap().length, 600 * MS);
     }

@@ -521,6 +521,12 @@ impl Ns {
         &self.name
     }
 
+    /// The namespace's file (`/run/netns/NAME`), for what enters it by path (`setns`,
+    /// nft's and the nudge's `netns` option).
+    pub fn path(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("/run/netns/{}", self.name))
+    }
+
     /// Runs a program inside the namespace (`ip netns exec`) within
     /// [`DEFAULT_COMMAND_TIMEOUT`]; a non-zero exit is an error.
     pub fn exec(&self, args: &[&str]) -> Result<CommandOutput, LabError> {
@@ -870,6 +876,19 @@ impl Child {
 
     pub fn stderr(&self) -> String {
         String::from_utf8_lossy(&lock(&self.stderr)).into_owned()
+    }
+
+    /// Stops the program (SIGSTOP) until [`Child::resume`]: it keeps its state and
+    /// sockets, and does nothing, as a daemon that hangs.
+    pub fn suspend(&self) -> Result<(), LabError> {
+        sys::signal(self.pid(), libc::SIGSTOP)
+            .map_err(|e| LabError::io(format!("stopping {}", self.command), e))
+    }
+
+    /// Lets a [`Child::suspend`]ed program go on (SIGCONT).
+    pub fn resume(&self) -> Result<(), LabError> {
+        sys::signal(self.pid(), libc::SIGCONT)
+            .map_err(|e| LabError::io(format!("resuming {}", self.command), e))
     }
 
     /// Kills the program and its process group, and reaps it.

@@ -6,17 +6,15 @@
 //! still (the handover gap, from packet timestamps on the wire, not from roam's logs).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use rand_chacha::ChaCha20Rng;
-use rand_core::{RngCore, SeedableRng};
-use roam_core::config::key_file_contents;
-use roam_core::security::StaticKey;
 use serde::Serialize;
 
-use crate::capture::{Capture, CaptureOptions, PacketFilter, Protocol, handover_gap, handover_report_around};
-use crate::netns::{Child, ChildOutput, LabError, Ns};
+use crate::capture::{
+    Capture, CaptureOptions, CaptureSummary, PacketFilter, Protocol, goodput, handover_gap,
+};
+use crate::netns::{Child, ChildOutput, LabError, Ns, run_checked};
 use crate::topology::{B_IF, Family, LinkId, MoveTimes, Subnet, Topology, TopologyOptions};
 use crate::traffic::{TcpSink, TcpSource};
 
@@ -201,14 +199,20 @@ impl std::fmt::Display for LabReport {
 }
 
 /// Runs the scenario `name`.
-pub fn run(name: &str, options: &LabOptions) -> Result<LabReport, LabError> {
-    let info = SCENARIOS.iter().find(|s| s.name == name).ok_or_else(|| {
+/// The scenario `name`, or an error that lists them all.
+pub fn find(name: &str) -> Result<&'static ScenarioInfo, LabError> {
+    SCENARIOS.iter().find(|s| s.name == name).ok_or_else(|| {
         let names: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
         LabError::Invalid(format!(
             "no lab scenario {name:?} (there are: {})",
             names.join(", ")
         ))
-    })?;
+    })
+}
+
+/// Runs the scenario `name`.
+pub fn run(name: &str, options: &LabOptions) -> Result<LabReport, LabError> {
+    let info = find(name)?;
     let mut run = Run::start(info.name, options)?;
     let result = (info.run)(&mut run);
     run.finish(result)
@@ -243,7 +247,8 @@ impl Run {
         let (dir, temporary) = match &options.keep {
             Some(d) => (d.clone(), false),
             None => (
-                std::env::temp_dir().join(format!("{}-{name}", topology.lab().prefix())),
+                // One directory per run: two labs at once must not share keys or logs.
+                std::env::temp_dir().join(format!("roam-lab-{}-{name}", std::process::id())),
                 true,
             ),
         };
@@ -293,24 +298,32 @@ impl Run {
     /// starts `roam daemon` in both namespaces; returns when both report their
     /// addresses.
     fn start_roamd(&mut self) -> Result<(), LabError> {
-        let mut rng = ChaCha20Rng::seed_from_u64(self.options.seed ^ 0x726f_616d);
-        let mut secret = || {
-            let mut s = [0u8; 32];
-            rng.fill_bytes(&mut s);
-            StaticKey::from_bytes(s)
-        };
-        let keys = [("a", secret()), ("b", secret())];
-        for (i, (host, key)) in keys.iter().enumerate() {
-            let (peer, peer_key) = &keys[1 - i];
+        // Keys come from `roam keygen`, the one way roam writes a key (mode 0600, from
+        // the OS's randomness).
+        let mut public = Vec::new();
+        for host in ["a", "b"] {
             let dir = self.dir.join(host);
             std::fs::create_dir_all(&dir).map_err(|e| LabError::io("creating a host directory", e))?;
-            write_private(&dir.join("host.key"), &key_file_contents(key))?;
+            let key = dir.join("host.key");
+            // A kept directory from an earlier run: keygen never overwrites.
+            let _ = std::fs::remove_file(&key);
+            let bin = self.options.roam_binary.display().to_string();
+            let out = run_checked(
+                &bin,
+                &["keygen", &key.display().to_string()],
+                None,
+                Duration::from_secs(10),
+            )?;
+            public.push(out.stdout.trim().to_owned());
+        }
+        for (i, host) in ["a", "b"].into_iter().enumerate() {
+            let peer = if host == "a" { "b" } else { "a" };
             let config = format!(
                 "# written by roam lab\nprivate_key_file = \"host.key\"\n\n[[peer]]\nname = \"{peer}\"\npublic_key = \"{}\"\n\n[daemon]\nnudge = {}\n",
-                peer_key.public(),
+                public[1 - i],
                 self.options.nudge
             );
-            std::fs::write(dir.join("roam.toml"), config)
+            std::fs::write(self.dir.join(host).join("roam.toml"), config)
                 .map_err(|e| LabError::io("writing a configuration", e))?;
         }
         for host in ["a", "b"] {
@@ -351,8 +364,12 @@ impl Run {
         Ok(())
     }
 
-    fn roamd_pid(&self, host: &str) -> Option<u32> {
-        self.roamd.iter().find(|(h, _)| h == host).map(|(_, c)| c.pid())
+    fn roamd(&self, host: &str) -> Result<&Child, LabError> {
+        self.roamd
+            .iter()
+            .find(|(h, _)| h == host)
+            .map(|(_, c)| c)
+            .ok_or_else(|| LabError::Invalid(format!("roamd is not running on {host}")))
     }
 
     /// roamd's last status snapshot on `host`.
@@ -466,6 +483,50 @@ impl Run {
         Ok(())
     }
 
+    /// Each move as B's link saw it: the gap within 3 s of the move (and not past the
+    /// moves either side, so that two moves do not report one silence twice), and
+    /// goodput over the second before and the second after.
+    fn measure_moves(&self, summary: Option<&CaptureSummary>) -> Vec<MoveReport> {
+        const WINDOW: Duration = Duration::from_secs(3);
+        let since =
+            |later: SystemTime, earlier: SystemTime| later.duration_since(earlier).unwrap_or_default();
+        let mut reports = Vec::new();
+        for (i, t) in self.moves.iter().enumerate() {
+            let mut report = MoveReport {
+                at_s: since(t.started, self.started).as_secs_f64(),
+                from: format!("{:?}", t.from),
+                to: format!("{:?}", t.to),
+                address_change_ms: t.duration().as_secs_f64() * 1e3,
+                gap_ms: None,
+                recovered: false,
+                goodput_before_mbps: 0.0,
+                goodput_after_mbps: 0.0,
+            };
+            if let (Some(summary), Some(dst)) = (summary, self.measured) {
+                let filter = PacketFilter::to(Protocol::Tcp, dst);
+                let before = i
+                    .checked_sub(1)
+                    .map_or(WINDOW, |p| since(t.started, self.moves[p].started).min(WINDOW));
+                let after = self
+                    .moves
+                    .get(i + 1)
+                    .map_or(WINDOW, |n| since(n.started, t.started).min(WINDOW));
+                if let Some(g) = handover_gap(&summary.records, &filter, t.started, before, after) {
+                    report.gap_ms = Some(g.length.as_secs_f64() * 1e3);
+                    report.recovered = g.recovered;
+                }
+                let second = Duration::from_secs(1);
+                let mbps = |from: SystemTime, to: SystemTime| {
+                    goodput(&summary.records, &filter, from, to).bits_per_second() / 1e6
+                };
+                report.goodput_before_mbps = mbps(t.started - second, t.started);
+                report.goodput_after_mbps = mbps(t.started, t.started + second);
+            }
+            reports.push(report);
+        }
+        reports
+    }
+
     fn finish(mut self, result: Result<(), LabError>) -> Result<LabReport, LabError> {
         // Let the last snapshot land before reading it.
         std::thread::sleep(Duration::from_millis(1100));
@@ -480,60 +541,7 @@ impl Run {
         if let Err(e) = &result {
             self.notes.push(format!("scenario error: {e}"));
         }
-        let mut moves = Vec::new();
-        for t in &self.moves {
-            let at_s = t
-                .started
-                .duration_since(self.started)
-                .unwrap_or_default()
-                .as_secs_f64();
-            let (mut gap_ms, mut recovered, mut before, mut after) = (None, false, 0.0, 0.0);
-            if let (Some(summary), Some(dst)) = (&summary, self.measured) {
-                // The gap over 3 s either side; goodput over the second either side.
-                let h = handover_report_around(
-                    &summary.records,
-                    &PacketFilter::to(Protocol::Tcp, dst),
-                    t.started,
-                    Duration::from_secs(1),
-                    Duration::from_secs(1),
-                );
-                // A stream that ended within the window is not silent after its end.
-                let filter = PacketFilter::to(Protocol::Tcp, dst);
-                let last = summary
-                    .records
-                    .iter()
-                    .filter(|r| r.payload_len > 0 && filter.matches(r))
-                    .map(|r| r.time)
-                    .max();
-                let window_end = match last.and_then(|l| l.duration_since(t.started).ok()) {
-                    Some(d) if d < Duration::from_secs(3) => d,
-                    _ => Duration::from_secs(3),
-                };
-                let gap = handover_gap(
-                    &summary.records,
-                    &filter,
-                    t.started,
-                    Duration::from_secs(3),
-                    window_end,
-                );
-                if let Some(g) = gap {
-                    gap_ms = Some(g.length.as_secs_f64() * 1e3);
-                    recovered = g.recovered;
-                }
-                before = h.before.bits_per_second() / 1e6;
-                after = h.after.bits_per_second() / 1e6;
-            }
-            moves.push(MoveReport {
-                at_s,
-                from: format!("{:?}", t.from),
-                to: format!("{:?}", t.to),
-                address_change_ms: t.duration().as_secs_f64() * 1e3,
-                gap_ms,
-                recovered,
-                goodput_before_mbps: before,
-                goodput_after_mbps: after,
-            });
-        }
+        let moves = self.measure_moves(summary.as_ref());
         if let Some(s) = &summary
             && s.kernel_drops > 0
         {
@@ -543,6 +551,9 @@ impl Run {
             ));
         }
         let ok = result.is_ok() && !self.streams.is_empty() && self.streams.iter().all(|s| s.ok);
+        if !(self.temporary && ok) {
+            self.notes.push(format!("logs kept in {}", self.dir.display()));
+        }
         let report = LabReport {
             scenario: self.name.to_owned(),
             family: format!("{:?}", self.options.family).to_lowercase(),
@@ -557,36 +568,9 @@ impl Run {
         };
         if self.temporary && ok {
             let _ = std::fs::remove_dir_all(&self.dir);
-        } else {
-            self.notes.push(format!("logs kept in {}", self.dir.display()));
         }
         Ok(report)
     }
-}
-
-fn write_private(path: &Path, contents: &str) -> Result<(), LabError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
-    f.write_all(contents.as_bytes())
-        .map_err(|e| LabError::io(format!("writing {}", path.display()), e))
-}
-
-fn signal(pid: u32, sig: libc::c_int) -> Result<(), LabError> {
-    // SAFETY: kill(2) with a pid we spawned; no memory is shared.
-    if unsafe { libc::kill(pid as libc::pid_t, sig) } != 0 {
-        return Err(LabError::io(
-            format!("signalling {pid}"),
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
 }
 
 // ---- the scenarios ----
@@ -625,15 +609,10 @@ fn peer_stopped(run: &mut Run) -> Result<(), LabError> {
     let (sink, source) = run.bulk(5004)?;
     run.wait_sessions()?;
     run.wait_sent(&source, 0.3)?;
-    let pid = run.roamd_pid("b");
-    if let Some(pid) = pid {
-        signal(pid, libc::SIGSTOP)?;
-    }
+    run.roamd("b")?.suspend()?;
     run.move_a()?;
     std::thread::sleep(Duration::from_secs(5));
-    if let Some(pid) = pid {
-        signal(pid, libc::SIGCONT)?;
-    }
+    run.roamd("b")?.resume()?;
     run.notes
         .push("B's roamd was stopped (SIGSTOP) for 5 s from the move".into());
     run.finish_bulk("bulk a->b", sink, source)

@@ -66,6 +66,19 @@ pub(crate) fn kill_group(pgid: u32) {
     }
 }
 
+/// Sends `signal` to one process (SIGSTOP and SIGCONT to stand a daemon still).
+pub(crate) fn signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    if pid <= 1 {
+        return Err(io::Error::from_raw_os_error(libc::EPERM));
+    }
+    // SAFETY: plain signal delivery to a process we spawned; no memory is shared.
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// SIGKILL to one process.
 pub(crate) fn kill_pid(pid: u32) {
     if let Ok(pid) = libc::pid_t::try_from(pid)

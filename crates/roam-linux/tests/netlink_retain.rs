@@ -10,15 +10,15 @@
 //! B routes OLD via A's NEW: without roam's translation this stands in for the network
 //! still delivering the old address to A (the data plane's job in production).
 
-mod common_nl;
+mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use common_nl::{Netns, netns_available, veth};
 use roam_linux::netlink::{self, Retained};
 use socket2::{Domain, Socket, Type};
+use support::{Netns, netns_available, veth};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -2,13 +2,13 @@
 //! there comes out as the right typed event, in order, within a bounded time; roam's
 //! own retained addresses are flagged and never usable.
 
-mod common_nl;
+mod support;
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-use common_nl::{Netns, netns_available};
 use roam_linux::netlink::{self, Family, LocalAddress, NetEvent, NetWatcher, Retained, Scope};
+use support::{Netns, netns_available};
 use tokio::time::timeout;
 
 const STEP: Duration = Duration::from_secs(5);

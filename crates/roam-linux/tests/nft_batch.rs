@@ -3,6 +3,7 @@
 //! kernel and in the mirror.
 
 mod common_nft;
+mod support;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};

@@ -3,6 +3,7 @@
 //! chains are tidied away once nothing can use them.
 
 mod common_nft;
+mod support;
 
 use std::time::{Duration, Instant};
 

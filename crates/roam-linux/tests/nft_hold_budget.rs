@@ -2,6 +2,7 @@
 //! plane, with real kernel traffic between two namespaces.
 
 mod common_nft;
+mod support;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

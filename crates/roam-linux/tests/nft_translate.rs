@@ -3,6 +3,7 @@
 //! checksum), and flows without an entry are left alone.
 
 mod common_nft;
+mod support;
 
 use std::time::Duration;
 
@@ -275,17 +276,7 @@ fn address_entries_translate_every_flow_of_the_address() {
     assert_eq!(px.entries().addresses.len(), 1);
 }
 
-/// The source of a UDP datagram in an Ethernet frame.
-fn udp_source(frame: &[u8]) -> Option<std::net::SocketAddr> {
-    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-    let p = SlicedPacket::from_ethernet(frame).ok()?;
-    let src: std::net::IpAddr = match p.net? {
-        NetSlice::Ipv4(v4) => v4.header().source_addr().into(),
-        NetSlice::Ipv6(v6) => v6.header().source_addr().into(),
-        _ => return None,
-    };
-    match p.transport? {
-        TransportSlice::Udp(u) => Some(std::net::SocketAddr::new(src, u.source_port())),
-        _ => None,
-    }
+/// The source of a captured UDP datagram.
+fn udp_source(r: &roam_lab::capture::PacketRecord) -> Option<std::net::SocketAddr> {
+    (r.protocol == roam_lab::capture::Protocol::Udp).then_some(r.src)
 }

@@ -3,6 +3,7 @@
 //! from the peer's, whose local port is also a listening one).
 
 mod common_nft;
+mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! IPv4), both families, and none of the listeners, unconnected UDP sockets or
 //! loopback connections; destroy aborts one.
 
-mod common_nl;
+mod support;
 
 use std::collections::BTreeSet;
 use std::io::{ErrorKind, Read, Write};
@@ -11,10 +11,10 @@ use std::mem::size_of;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use common_nl::{Netns, netns_available, veth, wait_for};
 use roam_core::translate::{Protocol, Tuple};
 use roam_linux::sockdiag::{self, FlowState, SocketFlow};
 use socket2::{Domain, Socket, Type};
+use support::{Netns, netns_available, veth, wait_for};
 
 const LIMIT: Duration = Duration::from_secs(5);
 

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use roam_core::config::load_host;
+use roamd::config::load_host;
 
 /// Logs go to stderr; `ROAM_LOG` (an `EnvFilter` directive such as `debug` or
 /// `roamd=debug`) overrides `default`.

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use roam_core::config::{key_file_contents, load_host, read_key_file};
+use roam_core::config::key_file_contents;
 use roam_core::security::StaticKey;
 use roam_sim::{Family, RunOptions, Scenario, builtin};
+use roamd::config::{load_host, read_key_file};
 
 #[derive(Parser)]
 #[command(
@@ -204,10 +205,8 @@ fn run(cli: Cli) -> Result<bool> {
             ..
         } => {
             let name = scenario.expect("clap requires --scenario without --list");
-            if !roam_lab::scenario::SCENARIOS.iter().any(|s| s.name == name) {
-                let names: Vec<&str> = roam_lab::scenario::SCENARIOS.iter().map(|s| s.name).collect();
-                bail!("no lab scenario {name:?} (there are: {})", names.join(", "));
-            }
+            // An unknown name is refused before anything needs root.
+            roam_lab::scenario::find(&name)?;
             if !roam_lab::lab_available()? {
                 bail!("the lab is switched off (ROAM_SKIP_NETNS=1)");
             }

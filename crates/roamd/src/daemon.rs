@@ -18,11 +18,13 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
-use roam_core::config::{DataPlaneKind, HostConfig, load_host};
+use roam_core::config::{DataPlaneKind, HostConfig};
+
+use crate::config::load_host;
 use roam_core::translate::{Protocol, Tuple};
 use roam_core::{Config, DataPlaneCommand, Endpoint, Event, Input, Instant, Transmit};
 use roam_linux::netlink::{self, NetEvent, NetWatcher};
-use roam_linux::nft::NftDataPlane;
+use roam_linux::nft::{NftConfig, NftDataPlane};
 use roam_linux::sockdiag;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -112,7 +114,11 @@ impl Daemon {
             .context("cannot watch the kernel's addresses")?;
         let plane = match settings.data_plane {
             DataPlaneKind::Nftables => Plane::Nft(Box::new(
-                NftDataPlane::open().context("cannot set up the nftables data plane")?,
+                NftDataPlane::open_with(NftConfig {
+                    nudge: settings.nudge,
+                    ..NftConfig::default()
+                })
+                .context("cannot set up the nftables data plane")?,
             )),
             DataPlaneKind::None => Plane::None,
         };
@@ -231,25 +237,23 @@ impl Daemon {
     fn flush(&mut self) {
         let mut batch = Vec::new();
         while let Some(c) = self.endpoint.poll_dataplane() {
-            if let DataPlaneCommand::Nudge { .. } = c {
-                if !self.settings.nudge {
-                    self.counters.nudges_disabled += 1;
-                    continue;
-                }
-                self.counters.nudges += 1;
+            // The configuration may turn nudges off (to measure what they are worth);
+            // the data plane then has no raw sockets for them either.
+            if matches!(c, DataPlaneCommand::Nudge { .. }) && !self.settings.nudge {
+                self.counters.nudges_disabled += 1;
+                continue;
             }
             batch.push(c);
         }
         if !batch.is_empty() {
             debug!(commands = batch.len(), "data plane batch");
             match &mut self.plane {
-                Plane::Nft(p) => match p.apply_batch(&batch) {
-                    Ok(()) => self.counters.dataplane_commands += batch.len() as u64,
-                    Err(e) => {
-                        self.counters.dataplane_errors += 1;
+                // The plane counts what it did and refused (in the status).
+                Plane::Nft(p) => {
+                    if let Err(e) = p.apply_batch(&batch) {
                         warn!("data plane refused {} command(s): {e}", batch.len());
                     }
-                },
+                }
                 Plane::None => {}
             }
         }
@@ -373,16 +377,11 @@ impl Daemon {
     /// closed since the last listing. The control channel's own sockets are not flows.
     async fn scan_flows(&mut self) {
         self.counters.flow_scans += 1;
-        let listed = match tokio::task::spawn_blocking(sockdiag::dump_flows).await {
-            Ok(Ok(l)) => l,
-            Ok(Err(e)) => {
-                self.counters.flow_scan_errors += 1;
-                warn!("cannot list sockets: {e}");
-                return;
-            }
+        let listed = match sockdiag::dump_flows_async().await {
+            Ok(l) => l,
             Err(e) => {
                 self.counters.flow_scan_errors += 1;
-                warn!("socket listing failed: {e}");
+                warn!("cannot list sockets: {e}");
                 return;
             }
         };
@@ -448,6 +447,10 @@ impl Daemon {
             uptime_s: self.started.elapsed().as_secs_f64(),
             control_port: self.settings.control_port,
             data_plane: format!("{:?}", self.settings.data_plane).to_lowercase(),
+            data_plane_counters: match &self.plane {
+                Plane::Nft(p) => p.counters().map_err(|e| debug!("data plane counters: {e}")).ok(),
+                Plane::None => None,
+            },
             addresses: self.usable.iter().copied().collect(),
             retained: self.retained.iter().copied().collect(),
             peers,

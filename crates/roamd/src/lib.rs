@@ -5,6 +5,7 @@
 //! (nftables). Everything it decides, the endpoint in `roam-core` decides; roamd only
 //! feeds it inputs and carries out its outputs (docs/ARCHITECTURE.md).
 
+pub mod config;
 pub mod control;
 mod daemon;
 pub mod status;

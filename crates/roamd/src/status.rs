@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use roam_core::{Counters, Flow};
+use roam_linux::nft::NftCounters;
 use serde::Serialize;
 
 /// Counters of the daemon's own work (the endpoint counts the protocol's).
@@ -18,12 +19,8 @@ pub struct DaemonCounters {
     pub send_errors: u64,
     /// Control datagrams that found no route and waited for the next route change.
     pub sends_awaiting_route: u64,
-    /// Batches of data-plane commands the kernel refused (the data plane is unchanged).
-    pub dataplane_errors: u64,
-    /// Data-plane commands carried out.
-    pub dataplane_commands: u64,
-    /// Nudges made, and those left out because the configuration turned them off.
-    pub nudges: u64,
+    /// Nudges the endpoint asked for that the configuration turned off (the data
+    /// plane counts those it made).
     pub nudges_disabled: u64,
     /// Flow listings (sock_diag) and those that failed.
     pub flow_scans: u64,
@@ -65,6 +62,9 @@ pub struct Status {
     pub uptime_s: f64,
     pub control_port: u16,
     pub data_plane: String,
+    /// The data plane's own counters: packets translated each way, dropped while held or
+    /// over a budget, transactions made and refused, nudges (nftables only).
+    pub data_plane_counters: Option<NftCounters>,
     pub addresses: Vec<IpAddr>,
     /// Addresses gone from their interface that roamd keeps on `lo` for the sockets
     /// still using them (docs/ARCHITECTURE.md).

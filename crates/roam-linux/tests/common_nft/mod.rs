@@ -3,134 +3,30 @@
 //! the way a host that changes networks does (old address kept as a host address on
 //! `lo` for existing sockets, new one on the link).
 //!
-//! Namespaces are named `rn<pid>x<n>` (unique per process and test), deleted on drop,
-//! also when a test panics. Rust code runs in a namespace on a thread that has entered
-//! it (`setns(2)`); sockets keep the namespace they were made in. Every wait is bounded.
+//! Namespaces come from `support` (the lab's); every wait is bounded. Test binaries
+//! declare `mod support;` next to `mod common_nft;`.
 
 #![allow(dead_code)] // each test binary uses a different part
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use roam_core::translate::{FlowMapping, Protocol, TableChange, Tuple};
 use roam_core::{DataPlane, DataPlaneCommand};
+use roam_lab::capture::{PacketRecord, TcpFlags};
+use roam_lab::traffic::Pattern;
 use roam_linux::nft::{NftConfig, NftDataPlane};
 use sha2::{Digest, Sha256};
 use socket2::{Domain, Socket, Type};
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// Whether namespace tests can run: as root, yes; otherwise the test fails with a clear
-/// message, unless `ROAM_SKIP_NETNS=1` (then the test returns early).
-pub fn netns_available() -> bool {
-    if std::env::var("ROAM_SKIP_NETNS").as_deref() == Ok("1") {
-        eprintln!("ROAM_SKIP_NETNS=1: skipping a network namespace test");
-        return false;
-    }
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "this test builds network namespaces and nftables tables and needs root \
-         (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_NET_RAW); run it as root, or set \
-         ROAM_SKIP_NETNS=1 to skip it"
-    );
-    true
-}
-
-fn unique() -> String {
-    format!(
-        "rn{}x{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Runs a command; its stderr on failure.
-pub fn cmd(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-pub struct Netns {
-    pub name: String,
-}
+pub use crate::support::{Netns, netns_available, wait_for};
 
 impl Netns {
-    pub fn new() -> Netns {
-        let name = unique();
-        cmd("ip", &["netns", "add", &name]).unwrap();
-        let ns = Netns { name };
-        ns.ip("link set lo up");
-        ns
-    }
-
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/var/run/netns/{}", self.name))
-    }
-
-    /// `ip -n <ns> <args>`, panicking with ip's message.
-    pub fn ip(&self, args: &str) {
-        let mut v = vec!["-n", self.name.as_str()];
-        v.extend(args.split_whitespace());
-        if let Err(e) = cmd("ip", &v) {
-            panic!("{e}");
-        }
-    }
-
-    /// Runs a program inside the namespace (`ip netns exec`).
-    pub fn exec(&self, program: &str, args: &[&str]) -> Result<String, String> {
-        let mut v = vec!["netns", "exec", self.name.as_str(), program];
-        v.extend_from_slice(args);
-        cmd("ip", &v)
-    }
-
-    /// Runs `f` on a thread inside the namespace; a panic in `f` is raised here.
-    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = self.path();
-        std::thread::scope(|s| {
-            let h = s.spawn(|| {
-                enter(&path);
-                f()
-            });
-            match h.join() {
-                Ok(v) => v,
-                Err(p) => std::panic::resume_unwind(p),
-            }
-        })
-    }
-
-    /// Spawns a thread that lives in the namespace.
-    pub fn spawn<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> std::thread::JoinHandle<T> {
-        let path = self.path();
-        std::thread::spawn(move || {
-            enter(&path);
-            f()
-        })
-    }
-
     /// A kernel data plane in this namespace.
     pub fn plane(&self) -> NftDataPlane {
         NftDataPlane::open_with(NftConfig {
@@ -161,21 +57,6 @@ impl Netns {
         }
         panic!("no counter {group}:{name}")
     }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if let Err(e) = cmd("ip", &["netns", "del", &self.name]) {
-            eprintln!("cleanup: {e}");
-        }
-    }
-}
-
-fn enter(path: &PathBuf) {
-    let f = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    // SAFETY: setns only reads the descriptor and changes this thread's namespace.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
 }
 
 /// Addresses of the lab: X starts at `x1`, moves to `x2`; Y stays at `y`.
@@ -287,23 +168,6 @@ pub fn install_move(px: &mut NftDataPlane, py: &mut NftDataPlane, x_orig: Tuple,
     px.apply(&install(x_orig, x_cur, hold_x)).expect("X's entry");
 }
 
-/// Deterministic bytes (xorshift), so both ends can be compared by digest.
-pub struct Bytes(u64);
-
-impl Bytes {
-    pub fn new(seed: u64) -> Bytes {
-        Bytes(seed | 1)
-    }
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            chunk.copy_from_slice(&self.0.to_le_bytes()[..chunk.len()]);
-        }
-    }
-}
-
 /// Outcome of one end of a TCP stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Digest256 {
@@ -359,7 +223,7 @@ impl Stream {
                         Err(e) => {
                             return Ok(Digest256 {
                                 bytes: n,
-                                sha256: hex(&h.finalize()),
+                                sha256: format!("{:x}", h.finalize()),
                                 error: Some(e.to_string()),
                             });
                         }
@@ -368,7 +232,7 @@ impl Stream {
                 let _ = s.write_all(b"k");
                 Ok(Digest256 {
                     bytes: n,
-                    sha256: hex(&h.finalize()),
+                    sha256: format!("{:x}", h.finalize()),
                     error: None,
                 })
             })();
@@ -391,7 +255,7 @@ impl Stream {
             let _ = s.set_write_timeout(Some(IO_TIMEOUT));
             let _ = s.set_read_timeout(Some(IO_TIMEOUT));
             let mut h = Sha256::new();
-            let mut data = Bytes::new(total);
+            let mut data = Pattern::new(total);
             let mut buf = vec![0u8; chunk];
             let mut sent = 0u64;
             let mut error = None;
@@ -416,7 +280,7 @@ impl Stream {
             }
             let _ = stx.send(Digest256 {
                 bytes: sent,
-                sha256: hex(&h.finalize()),
+                sha256: format!("{:x}", h.finalize()),
                 error,
             });
         });
@@ -467,25 +331,6 @@ fn accept_within(l: &TcpListener, limit: Duration) -> Result<(TcpStream, SocketA
             }
             Err(e) => return Err(e.to_string()),
         }
-    }
-}
-
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Polls `f` until it gives `Some`, for at most `limit`.
-pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -564,129 +409,63 @@ impl Netns {
     }
 }
 
-/// An AF_PACKET capture of every frame crossing one interface (both directions).
+/// The packets crossing one interface (both directions), from the lab's capture, read
+/// in order.
 pub struct Capture {
-    fd: std::os::fd::OwnedFd,
+    inner: roam_lab::capture::Capture,
+    /// Records already looked at by [`Capture::find`] or skipped by [`Capture::clear`].
+    seen: std::cell::Cell<usize>,
 }
 
 impl Capture {
     pub fn open(ns: &Netns, ifname: &str) -> Capture {
-        use std::os::fd::FromRawFd;
-        let ifname = std::ffi::CString::new(ifname).unwrap();
-        ns.run(|| {
-            let proto = (libc::ETH_P_ALL as u16).to_be();
-            // SAFETY: plain socket creation; the result is checked.
-            let fd =
-                unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto as i32) };
-            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
-            // SAFETY: fd was just created and is owned from here on.
-            let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-            // SAFETY: a NUL-terminated name.
-            let index = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
-            assert!(index > 0, "no interface {ifname:?}");
-            // SAFETY: sockaddr_ll is plain data; zero is a valid value for every field.
-            let mut ll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            ll.sll_family = libc::AF_PACKET as u16;
-            ll.sll_protocol = proto;
-            ll.sll_ifindex = index as i32;
-            // SAFETY: a valid socket and a sockaddr_ll of the size given.
-            let rc = unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&ll as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                )
-            };
-            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-            let tv = libc::timeval {
-                tv_sec: 0,
-                tv_usec: 50_000,
-            };
-            // SAFETY: a valid socket and a timeval of the size given.
-            let rc = unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVTIMEO,
-                    (&tv as *const libc::timeval).cast(),
-                    std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-                )
-            };
-            assert_eq!(rc, 0);
-            Capture { fd }
-        })
+        let inner =
+            roam_lab::capture::Capture::start(ns.ns(), ifname, Default::default()).expect("a capture");
+        Capture {
+            inner,
+            seen: std::cell::Cell::new(0),
+        }
     }
 
-    /// The first frame within `limit` that `pred` accepts.
-    pub fn find(&self, limit: Duration, mut pred: impl FnMut(&[u8]) -> bool) -> Option<Vec<u8>> {
+    /// The first packet not looked at yet, within `limit`, that `pred` accepts.
+    pub fn find(&self, limit: Duration, mut pred: impl FnMut(&PacketRecord) -> bool) -> Option<PacketRecord> {
         let start = Instant::now();
-        let mut buf = vec![0u8; 65536];
-        while start.elapsed() < limit {
-            // SAFETY: a valid socket and a buffer of the length given.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n > 0 && pred(&buf[..n as usize]) {
-                return Some(buf[..n as usize].to_vec());
+        loop {
+            let records = self.inner.records();
+            for r in &records[self.seen.get().min(records.len())..] {
+                self.seen.set(self.seen.get() + 1);
+                if pred(r) {
+                    return Some(*r);
+                }
             }
+            if start.elapsed() >= limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
-        None
     }
 
-    /// Discards what was captured so far.
+    /// Skips what was captured so far.
     pub fn clear(&self) {
-        let mut buf = vec![0u8; 65536];
-        loop {
-            // SAFETY: as in `find`.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n <= 0 {
-                return;
-            }
-        }
+        self.seen.set(self.inner.records().len());
     }
 }
 
-/// A TCP segment in an Ethernet frame: (src, dst, flags "SAFRP", payload length).
-pub fn tcp_segment(frame: &[u8]) -> Option<(SocketAddr, SocketAddr, String, usize)> {
-    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-    let s = SlicedPacket::from_ethernet(frame).ok()?;
-    let (src, dst): (IpAddr, IpAddr) = match s.net? {
-        NetSlice::Ipv4(v4) => (
-            v4.header().source_addr().into(),
-            v4.header().destination_addr().into(),
-        ),
-        NetSlice::Ipv6(v6) => (
-            v6.header().source_addr().into(),
-            v6.header().destination_addr().into(),
-        ),
-        _ => return None,
-    };
-    let Some(TransportSlice::Tcp(t)) = s.transport else {
-        return None;
-    };
-    let mut flags = String::new();
-    for (on, c) in [
-        (t.syn(), 'S'),
-        (t.ack(), 'A'),
-        (t.fin(), 'F'),
-        (t.rst(), 'R'),
-        (t.psh(), 'P'),
-    ] {
-        if on {
-            flags.push(c);
-        }
-    }
-    Some((
-        SocketAddr::new(src, t.source_port()),
-        SocketAddr::new(dst, t.destination_port()),
-        flags,
-        t.payload().len(),
-    ))
+/// A TCP segment: (src, dst, flags "SAFRP", payload length).
+pub fn tcp_segment(r: &PacketRecord) -> Option<(SocketAddr, SocketAddr, String, usize)> {
+    let tcp = r.tcp?;
+    let flags = [
+        (TcpFlags::SYN, 'S'),
+        (TcpFlags::ACK, 'A'),
+        (TcpFlags::FIN, 'F'),
+        (TcpFlags::RST, 'R'),
+        (TcpFlags::PSH, 'P'),
+    ]
+    .into_iter()
+    .filter(|(f, _)| tcp.flags.has(*f))
+    .map(|(_, c)| c)
+    .collect();
+    Some((r.src, r.dst, flags, r.payload_len as usize))
 }
 
 /// An established, idle TCP connection from `from` (in X) to `to` (in Y), a few bytes
