@@ -241,3 +241,14 @@ fn the_lab_scenarios_are_listed_and_an_unknown_one_is_refused() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("no lab scenario"), "{}", stderr(&o));
 }
+
+/// The README's first command is `cargo run --release -- demo`: with two binaries in the
+/// package, cargo runs that only if the package names its default.
+#[test]
+fn cargo_run_runs_roam() {
+    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+    assert!(
+        manifest.lines().any(|l| l.trim() == "default-run = \"roam\""),
+        "crates/roam/Cargo.toml must say default-run = \"roam\", or `cargo run -- demo` fails"
+    );
+}
