@@ -15,8 +15,10 @@ use crate::capture::{
     Capture, CaptureOptions, CaptureSummary, PacketFilter, Protocol, goodput, handover_gap,
 };
 use crate::netns::{Child, ChildOutput, LabError, Ns, run_checked};
-use crate::topology::{B_IF, Family, LinkId, MoveTimes, Subnet, Topology, TopologyOptions};
+use crate::topology::{B_IF, Family, MoveTimes, Subnet, Topology, TopologyOptions};
 use crate::traffic::{TcpSink, TcpSource};
+
+mod tcp;
 
 /// A scenario: its name, what it shows, and how it runs.
 pub struct ScenarioInfo {
@@ -30,22 +32,22 @@ pub const SCENARIOS: &[ScenarioInfo] = &[
     ScenarioInfo {
         name: "tcp-move",
         description: "a TCP stream A->B; A moves to subnet 2 mid-stream (byte-exact digest)",
-        run: tcp_move,
+        run: tcp::tcp_move,
     },
     ScenarioInfo {
         name: "two-moves",
         description: "a TCP stream; A moves to subnet 2 and back within one second",
-        run: two_moves,
+        run: tcp::two_moves,
     },
     ScenarioInfo {
         name: "lossy-new-path",
         description: "a TCP stream; A moves while 20% of packets on the new path are dropped for 2 s",
-        run: lossy_new_path,
+        run: tcp::lossy_new_path,
     },
     ScenarioInfo {
         name: "peer-stopped",
         description: "a TCP stream; A moves while B's roamd is stopped for 5 s",
-        run: peer_stopped,
+        run: tcp::peer_stopped,
     },
 ];
 
@@ -571,49 +573,4 @@ impl Run {
         }
         Ok(report)
     }
-}
-
-// ---- the scenarios ----
-
-fn tcp_move(run: &mut Run) -> Result<(), LabError> {
-    let (sink, source) = run.bulk(5001)?;
-    run.wait_sessions()?;
-    run.wait_sent(&source, 0.4)?;
-    run.move_a()?;
-    run.finish_bulk("bulk a->b", sink, source)
-}
-
-fn two_moves(run: &mut Run) -> Result<(), LabError> {
-    let (sink, source) = run.bulk(5002)?;
-    run.wait_sessions()?;
-    run.wait_sent(&source, 0.3)?;
-    run.move_a()?;
-    std::thread::sleep(Duration::from_millis(500));
-    run.move_a()?;
-    run.finish_bulk("bulk a->b", sink, source)
-}
-
-fn lossy_new_path(run: &mut Run) -> Result<(), LabError> {
-    let (sink, source) = run.bulk(5003)?;
-    run.wait_sessions()?;
-    run.wait_sent(&source, 0.3)?;
-    let link = run.topology.link(LinkId::A2);
-    for d in [crate::link::Direction::Forward, crate::link::Direction::Reverse] {
-        link.set_loss_for(d, 0.2, Duration::from_secs(2));
-    }
-    run.move_a()?;
-    run.finish_bulk("bulk a->b", sink, source)
-}
-
-fn peer_stopped(run: &mut Run) -> Result<(), LabError> {
-    let (sink, source) = run.bulk(5004)?;
-    run.wait_sessions()?;
-    run.wait_sent(&source, 0.3)?;
-    run.roamd("b")?.suspend()?;
-    run.move_a()?;
-    std::thread::sleep(Duration::from_secs(5));
-    run.roamd("b")?.resume()?;
-    run.notes
-        .push("B's roamd was stopped (SIGSTOP) for 5 s from the move".into());
-    run.finish_bulk("bulk a->b", sink, source)
 }
