@@ -16,7 +16,7 @@
 //! # What roamd does (every key optional; these are the defaults).
 //! [daemon]
 //! control_port = 4791          # UDP port of the control channel, here and at peers
-//! data_plane = "nftables"      # or "none": agree moves, translate nothing (testing)
+//! data_plane = "nftables"      # or "tun" (userspace), or "none": agree moves, translate nothing
 //! flow_scan_ms = 200           # how often sock_diag is asked for the host's flows
 //! nudge = true                 # make TCP retransmit at once after a move
 //! move_message = "connection-update"   # or "migration-request", "address-change"
@@ -70,6 +70,10 @@ pub enum DataPlaneKind {
     /// In-kernel stateless rewriting with nftables (docs/ARCHITECTURE.md).
     #[default]
     Nftables,
+    /// roamd rewrites packets itself, read from and written to TUN devices (policy
+    /// routing and tc bring a translated flow's packets there): the fallback where
+    /// nftables is not available, and the base of tunnel mode.
+    Tun,
     /// No translation at all: roamd agrees moves but rewrites nothing (for tests and
     /// for watching what roam would do).
     None,
@@ -343,6 +347,24 @@ mod tests {
         assert_eq!(c.daemon.flow_scan, std::time::Duration::from_millis(50));
         assert!(!c.daemon.nudge);
         assert_eq!(c.daemon.move_message, crate::endpoint::MoveMessage::AddressChange);
+    }
+
+    #[test]
+    fn every_data_plane_is_named_and_a_wrong_one_is_told_the_choices() {
+        let tofu = "private_key_file = \"k\"\ntrust_on_first_use = true\n[daemon]\n";
+        for (name, kind) in [
+            ("nftables", DataPlaneKind::Nftables),
+            ("tun", DataPlaneKind::Tun),
+            ("none", DataPlaneKind::None),
+        ] {
+            let c = parse(&format!("{tofu}data_plane = \"{name}\"\n")).unwrap();
+            assert_eq!(c.daemon.data_plane, kind);
+        }
+        let e = parse(&format!("{tofu}data_plane = \"tap\"\n")).unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
+        for choice in ["nftables", "tun", "none"] {
+            assert!(e.message.contains(choice), "{e}");
+        }
     }
 
     #[test]

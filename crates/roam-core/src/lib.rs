@@ -3,6 +3,8 @@
 //! - [`translate`]: the translation primitive (seed 000's local connection translation
 //!   table) and the packet rewriter that applies it to raw IP packets.
 //! - [`endpoint`]: the sans-IO protocol state machine, one per host.
+//! - [`plane`]: the packet logic of the userspace data planes (the simulator's, the
+//!   TUN device's): translation, hold queue, budgets, drain, nudge, resend.
 //! - [`security`]: identities, trust, the Noise handshake, sessions, cookies, limits.
 //! - [`config`]: a host's configuration file (its key, the peers it trusts).
 //! - [`time`]: time as a value; the core never reads a clock.
@@ -14,6 +16,7 @@ pub mod config;
 pub mod counters;
 pub mod endpoint;
 pub mod fuzzing;
+pub mod plane;
 pub mod security;
 pub mod time;
 pub mod translate;

@@ -1,14 +1,21 @@
-//! Real kernel TCP transfers between namespaces, with digests at both ends: a
-//! [`TcpSource`] writes a seeded pseudo-random stream, a [`TcpSink`] reads it and hashes
-//! what arrived. Both run on threads inside their namespaces and stop on their own at a
-//! deadline, so a stalled connection (the point of some tests) ends the test anyway.
+//! Real kernel traffic between namespaces, with digests at both ends:
+//! - a [`TcpSource`] writes a seeded pseudo-random stream, a [`TcpSink`] reads it and
+//!   hashes what arrived;
+//! - a [`TcpPair`] holds both ends of one connection, so a scenario can send either way,
+//!   go idle and send again on the same sockets;
+//! - a [`UdpPinger`] sends numbered datagrams at a steady rate to a [`UdpEcho`], which
+//!   sends each back; both record what arrived, in order, with a digest.
+//!
+//! Everything runs on threads inside the namespaces and stops on its own at a deadline,
+//! so a stalled connection (the point of some tests) ends the test anyway.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -290,7 +297,7 @@ fn source(
     let connect_for = until
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1));
-    let mut stream = TcpStream::connect_timeout(&to, connect_for)?;
+    let stream = TcpStream::connect_timeout(&to, connect_for)?;
     stream.set_write_timeout(Some(TICK))?;
     let mut report = SourceReport {
         bytes: 0,
@@ -298,11 +305,30 @@ fn source(
         completed: false,
         local: stream.local_addr().ok(),
     };
+    (report.bytes, report.sha256) = write_pattern(&stream, bytes, seed, &over, sent)?;
+    if report.bytes == bytes {
+        stream.shutdown(Shutdown::Write)?;
+        report.completed = true;
+    }
+    Ok(report)
+}
+
+/// Writes the first `bytes` of the seed's pattern to `stream` (whose write timeout is
+/// a [`TICK`]) until done or `over()`; returns the bytes the kernel took and their
+/// SHA-256 (hex).
+fn write_pattern(
+    mut stream: &TcpStream,
+    bytes: u64,
+    seed: u64,
+    over: &dyn Fn() -> bool,
+    sent: &AtomicU64,
+) -> std::io::Result<(u64, String)> {
     let mut pattern = Pattern::new(seed);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
-    'outer: while report.bytes < bytes {
-        let n = (bytes - report.bytes).min(CHUNK as u64) as usize;
+    let mut written = 0u64;
+    'outer: while written < bytes {
+        let n = (bytes - written).min(CHUNK as u64) as usize;
         pattern.fill(&mut buf[..n]);
         let mut off = 0;
         while off < n {
@@ -313,7 +339,7 @@ fn source(
                 Ok(w) => {
                     hasher.update(&buf[off..off + w]);
                     off += w;
-                    report.bytes += w as u64;
+                    written += w as u64;
                     sent.fetch_add(w as u64, Ordering::Relaxed);
                 }
                 Err(e) if is_timeout(&e) => {}
@@ -321,11 +347,586 @@ fn source(
             }
         }
     }
-    if report.bytes == bytes {
-        stream.shutdown(Shutdown::Write)?;
-        report.completed = true;
+    Ok((written, hex::encode(hasher.finalize())))
+}
+
+// ---------------------------------------------------------------------------------------
+// A TCP connection with both ends in hand
+
+/// Which end of a [`TcpPair`] sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The end that connected.
+    Client,
+    /// The end that accepted.
+    Server,
+}
+
+/// What one transfer on a [`TcpPair`] moved.
+#[derive(Clone, Debug)]
+pub struct TransferReport {
+    /// Bytes the sender's kernel took, and their SHA-256 (hex).
+    pub bytes_sent: u64,
+    pub sent_sha256: String,
+    /// Bytes the receiver read, and their SHA-256 (hex).
+    pub bytes_received: u64,
+    pub received_sha256: String,
+    /// Everything asked for was sent and read before the deadline.
+    pub completed: bool,
+}
+
+impl TransferReport {
+    /// Completed, and both ends hashed the same bytes.
+    pub fn intact(&self) -> bool {
+        self.completed && self.sent_sha256 == self.received_sha256
     }
-    report.sha256 = hex::encode(hasher.finalize());
+}
+
+/// One TCP connection between two namespaces with both ends held here, so that a
+/// scenario can send either way at any time, leave it idle, and send again on the same
+/// sockets. The sockets belong to their namespaces from creation: using them from any
+/// thread afterwards is the same as using them inside.
+#[derive(Debug)]
+pub struct TcpPair {
+    client: TcpStream,
+    server: TcpStream,
+    /// The client's end as its own socket reports it (`getsockname`).
+    pub client_local: SocketAddr,
+    /// The server's end as its own socket reports it.
+    pub server_local: SocketAddr,
+    /// The client as the server's application sees it (what `accept` returned).
+    pub server_peer: SocketAddr,
+}
+
+impl TcpPair {
+    /// Listens on `listen` in `server_ns`, connects from `client_ns` and accepts, all
+    /// within `deadline`.
+    pub fn open(
+        client_ns: &Ns,
+        server_ns: &Ns,
+        listen: SocketAddr,
+        deadline: Duration,
+    ) -> Result<TcpPair, LabError> {
+        let until = Instant::now() + deadline;
+        let io = |what: &str| {
+            let what = format!("{what} ({listen})");
+            move |e| LabError::io(what, e)
+        };
+        let listener = server_ns
+            .run(|| TcpListener::bind(listen))?
+            .map_err(io("listening"))?;
+        listener.set_nonblocking(true).map_err(io("listening"))?;
+        let client = client_ns
+            .run(|| TcpStream::connect_timeout(&listen, deadline))?
+            .map_err(io("connecting"))?;
+        // The client's handshake is complete, so the connection is in the accept queue.
+        let (server, server_peer) = loop {
+            match listener.accept() {
+                Ok(s) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() >= until {
+                        return Err(LabError::Invalid(format!(
+                            "no connection to accept on {listen} within {deadline:?}"
+                        )));
+                    }
+                    let mut fds = [sys::pollfd(listener.as_raw_fd())];
+                    sys::poll(&mut fds, TICK).map_err(io("accepting"))?;
+                }
+                Err(e) => return Err(io("accepting")(e)),
+            }
+        };
+        server.set_nonblocking(false).map_err(io("accepting"))?;
+        for s in [&client, &server] {
+            s.set_read_timeout(Some(TICK)).map_err(io("socket options"))?;
+            s.set_write_timeout(Some(TICK)).map_err(io("socket options"))?;
+        }
+        Ok(TcpPair {
+            client_local: client.local_addr().map_err(io("getsockname"))?,
+            server_local: server.local_addr().map_err(io("getsockname"))?,
+            client,
+            server,
+            server_peer,
+        })
+    }
+
+    fn ends(&self, from: End) -> (&TcpStream, &TcpStream) {
+        match from {
+            End::Client => (&self.client, &self.server),
+            End::Server => (&self.server, &self.client),
+        }
+    }
+
+    /// Sends the first `bytes` of the seed's pattern from `from` to the other end, which
+    /// reads exactly that many, both at once; gives up at `deadline` from now.
+    pub fn send(
+        &self,
+        from: End,
+        bytes: u64,
+        seed: u64,
+        deadline: Duration,
+    ) -> Result<TransferReport, LabError> {
+        let until = Instant::now() + deadline;
+        let (tx, rx) = self.ends(from);
+        let over = || Instant::now() >= until;
+        let (sent, received) = std::thread::scope(|s| {
+            let writer = s.spawn(|| write_pattern(tx, bytes, seed, &over, &AtomicU64::new(0)));
+            let received = read_exactly(rx, bytes, &over);
+            (writer.join(), received)
+        });
+        let context = |e| LabError::io(format!("a transfer over {}", self.client_local), e);
+        let (bytes_sent, sent_sha256) = sent
+            .map_err(|_| LabError::Invalid("the writer panicked".into()))?
+            .map_err(context)?;
+        let (bytes_received, received_sha256) = received.map_err(context)?;
+        Ok(TransferReport {
+            completed: bytes_sent == bytes && bytes_received == bytes,
+            bytes_sent,
+            sent_sha256,
+            bytes_received,
+            received_sha256,
+        })
+    }
+
+    /// Ends the connection the orderly way: the client shuts its write side, the server
+    /// reads the end of the stream and shuts its own, the client reads that end. True if
+    /// both ends saw the other's FIN, with no byte before it, within `deadline`.
+    pub fn close(self, deadline: Duration) -> Result<bool, LabError> {
+        let until = Instant::now() + deadline;
+        let over = || Instant::now() >= until;
+        let io = |e| LabError::io(format!("closing {}", self.client_local), e);
+        self.client.shutdown(Shutdown::Write).map_err(io)?;
+        if !read_eof(&self.server, &over).map_err(io)? {
+            return Ok(false);
+        }
+        self.server.shutdown(Shutdown::Write).map_err(io)?;
+        read_eof(&self.client, &over).map_err(io)
+    }
+}
+
+/// Reads exactly `bytes` (never more: what follows belongs to the next transfer) until
+/// done, the end of the stream, a reset or `over()`; returns what was read and its
+/// SHA-256 (hex).
+fn read_exactly(
+    mut stream: &TcpStream,
+    bytes: u64,
+    over: &dyn Fn() -> bool,
+) -> std::io::Result<(u64, String)> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut read = 0u64;
+    while read < bytes && !over() {
+        let want = (bytes - read).min(CHUNK as u64) as usize;
+        match stream.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                read += n as u64;
+            }
+            Err(e) if is_timeout(&e) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((read, hex::encode(hasher.finalize())))
+}
+
+/// Waits for the end of the stream: true if it came (and nothing before it).
+fn read_eof(mut stream: &TcpStream, over: &dyn Fn() -> bool) -> std::io::Result<bool> {
+    let mut buf = [0u8; 1];
+    while !over() {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(true),
+            Ok(_) => return Ok(false),
+            Err(e) if is_timeout(&e) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
+// ---------------------------------------------------------------------------------------
+// UDP: numbered datagrams and their echo
+
+/// Bytes in every datagram of a [`UdpPinger`]: its number (8 bytes, big-endian), then
+/// pattern bytes that depend on the seed and the number.
+pub const DATAGRAM_LEN: usize = 256;
+
+/// Datagram number `seq` of the flow with this seed.
+pub fn datagram(seed: u64, seq: u64) -> [u8; DATAGRAM_LEN] {
+    let mut d = [0u8; DATAGRAM_LEN];
+    d[..8].copy_from_slice(&seq.to_be_bytes());
+    // Multiplying by an odd constant is a bijection on u64: every number of one flow
+    // gets its own pattern.
+    Pattern::new(seed ^ seq.wrapping_mul(0x9e37_79b9_7f4a_7c15)).fill(&mut d[8..]);
+    d
+}
+
+/// SHA-256 (hex) of datagrams `seqs` of the flow with this seed, in the order given:
+/// what a receiver's digest must be if exactly those arrived, intact, in that order.
+pub fn datagrams_sha256(seed: u64, seqs: impl IntoIterator<Item = u64>) -> String {
+    let mut hasher = Sha256::new();
+    for seq in seqs {
+        hasher.update(datagram(seed, seq));
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// The datagrams one end received.
+#[derive(Clone, Debug)]
+pub struct Arrivals {
+    pub datagrams: u64,
+    pub bytes: u64,
+    /// The number of every datagram, in arrival order.
+    pub seqs: Vec<u64>,
+    /// SHA-256 (hex) of every datagram, in arrival order.
+    pub sha256: String,
+    /// Datagrams whose number was not above every number before it (reordered or
+    /// duplicated).
+    pub out_of_order: u64,
+    /// Datagrams too short to carry a number.
+    pub malformed: u64,
+    /// When each datagram arrived (wall clock), in arrival order.
+    pub times: Vec<SystemTime>,
+}
+
+impl Arrivals {
+    fn new() -> Arrivals {
+        Arrivals {
+            datagrams: 0,
+            bytes: 0,
+            seqs: Vec::new(),
+            sha256: String::new(),
+            out_of_order: 0,
+            malformed: 0,
+            times: Vec::new(),
+        }
+    }
+
+    /// Records one datagram; returns its number (`None`: malformed).
+    fn add(&mut self, hasher: &mut Sha256, d: &[u8]) -> Option<u64> {
+        self.datagrams += 1;
+        self.bytes += d.len() as u64;
+        hasher.update(d);
+        let Some(seq) = d
+            .get(..8)
+            .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+        else {
+            self.malformed += 1;
+            return None;
+        };
+        if self.seqs.last().is_some_and(|&last| seq <= last) {
+            self.out_of_order += 1;
+        }
+        self.seqs.push(seq);
+        self.times.push(SystemTime::now());
+        Some(seq)
+    }
+
+    /// SHA-256 (hex) of the datagrams these numbers name, once each and in increasing
+    /// order: equal to [`Arrivals::sha256`] exactly when every datagram arrived intact,
+    /// once, and in the order it was sent.
+    pub fn expected_sha256(&self, seed: u64) -> String {
+        let mut seqs = self.seqs.clone();
+        seqs.sort_unstable();
+        seqs.dedup();
+        datagrams_sha256(seed, seqs)
+    }
+
+    /// Every datagram arrived whole, once and in order.
+    pub fn intact(&self, seed: u64) -> bool {
+        self.malformed == 0 && self.out_of_order == 0 && self.sha256 == self.expected_sha256(seed)
+    }
+}
+
+/// Why the kernel refused sends, counted by error (for example `EPERM` while roam holds
+/// the flow, `ENETUNREACH` while the host has no route).
+pub type Refusals = BTreeMap<String, u64>;
+
+fn refuse(refusals: &mut Refusals, e: &std::io::Error) {
+    let name = match e.raw_os_error() {
+        Some(libc::EPERM) => "EPERM".to_owned(),
+        Some(libc::ENETUNREACH) => "ENETUNREACH".to_owned(),
+        Some(libc::EHOSTUNREACH) => "EHOSTUNREACH".to_owned(),
+        Some(libc::ECONNREFUSED) => "ECONNREFUSED".to_owned(),
+        Some(libc::EAGAIN) => "EAGAIN".to_owned(),
+        Some(libc::ENOBUFS) => "ENOBUFS".to_owned(),
+        Some(libc::EINVAL) => "EINVAL".to_owned(),
+        Some(n) => format!("errno {n}"),
+        None => e.to_string(),
+    };
+    *refusals.entry(name).or_default() += 1;
+}
+
+/// What a [`UdpEcho`] saw and did.
+#[derive(Clone, Debug)]
+pub struct EchoReport {
+    /// Its own address.
+    pub local: SocketAddr,
+    /// The source of the datagrams it received as `recvfrom` reported it: every
+    /// distinct address once, in order of first appearance.
+    pub peers: Vec<SocketAddr>,
+    pub arrivals: Arrivals,
+    /// Datagrams sent back, and the numbers of those the kernel refused.
+    pub echoed: u64,
+    pub refused: Refusals,
+    pub refused_seqs: Vec<u64>,
+    /// Errors reported on receive (an ICMP error for an earlier datagram).
+    pub receive_errors: Refusals,
+}
+
+/// Receives datagrams on a UDP socket and sends each back. The socket is connected to
+/// the source of the first datagram, as a UDP server serving one client does: from then
+/// on the kernel delivers only that peer's datagrams, and it lists the socket as a flow
+/// (sock_diag shows connected UDP sockets as ESTABLISHED; roamd moves only those).
+#[derive(Debug)]
+pub struct UdpEcho {
+    local: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: NsThread<Result<EchoReport, LabError>>,
+}
+
+impl UdpEcho {
+    /// Binds `listen` inside `ns` (returns once bound) and gives up `deadline` from now.
+    pub fn start(ns: &Ns, listen: SocketAddr, deadline: Duration) -> Result<UdpEcho, LabError> {
+        let until = Instant::now() + deadline;
+        let stop = Arc::new(AtomicBool::new(false));
+        let socket = ns
+            .run(|| UdpSocket::bind(listen))?
+            .map_err(|e| LabError::io(format!("binding {listen}"), e))?;
+        let local = socket.local_addr().map_err(|e| LabError::io("getsockname", e))?;
+        let thread = {
+            let stop = stop.clone();
+            ns.spawn_thread("udp echo", move || {
+                echo(socket, until, &stop).map_err(|e| LabError::io(format!("udp echo on {local}"), e))
+            })?
+        };
+        Ok(UdpEcho { local, stop, thread })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Stops now and reports.
+    pub fn stop(self) -> Result<EchoReport, LabError> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join()?
+    }
+}
+
+fn echo(socket: UdpSocket, until: Instant, stop: &AtomicBool) -> std::io::Result<EchoReport> {
+    socket.set_read_timeout(Some(TICK))?;
+    let mut report = EchoReport {
+        local: socket.local_addr()?,
+        peers: Vec::new(),
+        arrivals: Arrivals::new(),
+        echoed: 0,
+        refused: Refusals::new(),
+        refused_seqs: Vec::new(),
+        receive_errors: Refusals::new(),
+    };
+    let mut hasher = Sha256::new();
+    let mut buf = [0u8; 2048];
+    let mut connected = false;
+    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+        let (n, from) = match socket.recv_from(&mut buf) {
+            Ok(r) => r,
+            Err(e) if is_timeout(&e) => continue,
+            Err(e) => {
+                refuse(&mut report.receive_errors, &e);
+                continue;
+            }
+        };
+        if !connected {
+            socket.connect(from)?;
+            connected = true;
+        }
+        if !report.peers.contains(&from) {
+            report.peers.push(from);
+        }
+        let d = &buf[..n];
+        let seq = report.arrivals.add(&mut hasher, d);
+        match socket.send(d) {
+            Ok(_) => report.echoed += 1,
+            Err(e) => {
+                refuse(&mut report.refused, &e);
+                report.refused_seqs.extend(seq);
+            }
+        }
+    }
+    report.arrivals.sha256 = hex::encode(hasher.finalize());
+    Ok(report)
+}
+
+/// What a [`UdpPinger`] sent and got back.
+#[derive(Clone, Debug)]
+pub struct PingerReport {
+    /// Its own address when it connected, and at the end (`getsockname`).
+    pub local: SocketAddr,
+    pub local_at_end: SocketAddr,
+    pub peer: SocketAddr,
+    /// Datagrams numbered so far (0 to `numbered - 1`), and when each was handed to
+    /// the kernel (wall clock).
+    pub numbered: u64,
+    pub sent_at: Vec<SystemTime>,
+    /// Of those, the ones the kernel took, and the numbers of those it refused.
+    pub sent: u64,
+    pub refused: Refusals,
+    pub refused_seqs: Vec<u64>,
+    /// The echoes that came back.
+    pub echoes: Arrivals,
+    /// Errors reported on receive (an ICMP error for an earlier datagram).
+    pub receive_errors: Refusals,
+}
+
+/// Sends numbered datagrams ([`datagram`]) at a steady rate on a connected UDP socket
+/// and receives their echoes on the same socket, as an unmodified application would:
+/// the socket is never rebound, whatever happens to its address.
+#[derive(Debug)]
+pub struct UdpPinger {
+    local: SocketAddr,
+    numbered: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: NsThread<Result<PingerReport, LabError>>,
+}
+
+/// After a stop, how long a pinger still waits for the echoes in flight.
+const ECHO_LINGER: Duration = Duration::from_millis(300);
+
+impl UdpPinger {
+    /// Connects to `to` from inside `ns` (returns once connected: the kernel chose the
+    /// source address) and sends `rate` datagrams a second until stopped or `deadline`.
+    pub fn start(
+        ns: &Ns,
+        to: SocketAddr,
+        rate: u32,
+        seed: u64,
+        deadline: Duration,
+    ) -> Result<UdpPinger, LabError> {
+        if rate == 0 {
+            return Err(LabError::Invalid("a pinger needs a rate above zero".into()));
+        }
+        let until = Instant::now() + deadline;
+        let unspecified: IpAddr = match to {
+            SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+            SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+        };
+        let socket = ns
+            .run(|| {
+                let s = UdpSocket::bind(SocketAddr::new(unspecified, 0))?;
+                s.connect(to)?;
+                Ok::<_, std::io::Error>(s)
+            })?
+            .map_err(|e| LabError::io(format!("connecting a UDP socket to {to}"), e))?;
+        let local = socket.local_addr().map_err(|e| LabError::io("getsockname", e))?;
+        let numbered = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (numbered, stop) = (numbered.clone(), stop.clone());
+            let interval = Duration::from_secs(1) / rate;
+            ns.spawn_thread("udp pinger", move || {
+                ping(socket, interval, seed, until, &numbered, &stop)
+                    .map_err(|e| LabError::io(format!("udp pinger to {to}"), e))
+            })?
+        };
+        Ok(UdpPinger {
+            local,
+            numbered,
+            stop,
+            thread,
+        })
+    }
+
+    /// The socket's own address (the kernel chose it at connect).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Datagrams numbered so far: the next one gets this number.
+    pub fn numbered(&self) -> u64 {
+        self.numbered.load(Ordering::Relaxed)
+    }
+
+    /// Stops sending, waits briefly for the echoes in flight, and reports.
+    pub fn stop(self) -> Result<PingerReport, LabError> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join()?
+    }
+}
+
+fn ping(
+    socket: UdpSocket,
+    interval: Duration,
+    seed: u64,
+    until: Instant,
+    numbered: &AtomicU64,
+    stop: &AtomicBool,
+) -> std::io::Result<PingerReport> {
+    socket.set_nonblocking(true)?;
+    let mut report = PingerReport {
+        local: socket.local_addr()?,
+        local_at_end: socket.local_addr()?,
+        peer: socket.peer_addr()?,
+        numbered: 0,
+        sent_at: Vec::new(),
+        sent: 0,
+        refused: Refusals::new(),
+        refused_seqs: Vec::new(),
+        echoes: Arrivals::new(),
+        receive_errors: Refusals::new(),
+    };
+    let mut hasher = Sha256::new();
+    let mut buf = [0u8; 2048];
+    let start = Instant::now();
+    let mut linger_until = None;
+    loop {
+        let now = Instant::now();
+        if linger_until.is_none() && (stop.load(Ordering::Relaxed) || now >= until) {
+            linger_until = Some(now + ECHO_LINGER);
+        }
+        if linger_until.is_some_and(|l| now >= l) {
+            break;
+        }
+        // Send every datagram that is due (the schedule is fixed: a late one goes out
+        // at once, not shifted).
+        let mut next = start + interval * report.numbered as u32;
+        while linger_until.is_none() && next <= now {
+            let seq = report.numbered;
+            report.sent_at.push(SystemTime::now());
+            match socket.send(&datagram(seed, seq)) {
+                Ok(_) => report.sent += 1,
+                Err(e) => {
+                    refuse(&mut report.refused, &e);
+                    report.refused_seqs.push(seq);
+                }
+            }
+            report.numbered += 1;
+            numbered.store(report.numbered, Ordering::Relaxed);
+            next = start + interval * report.numbered as u32;
+        }
+        loop {
+            match socket.recv(&mut buf) {
+                Ok(n) => {
+                    report.echoes.add(&mut hasher, &buf[..n]);
+                }
+                Err(e) if is_timeout(&e) => break,
+                // An ICMP error for an earlier datagram: reported once, then cleared.
+                Err(e) => {
+                    refuse(&mut report.receive_errors, &e);
+                    break;
+                }
+            }
+        }
+        let wake = match linger_until {
+            Some(l) => l,
+            None => next.min(until),
+        };
+        let mut fds = [sys::pollfd(socket.as_raw_fd())];
+        sys::poll(&mut fds, wake.saturating_duration_since(Instant::now()))?;
+    }
+    report.local_at_end = socket.local_addr()?;
+    report.echoes.sha256 = hex::encode(hasher.finalize());
     Ok(report)
 }
 
@@ -340,5 +941,39 @@ mod tests {
         p.fill(&mut buf);
         assert_eq!(pattern_sha256(9, 100_000), hex::encode(Sha256::digest(&buf)));
         assert_ne!(pattern_sha256(9, 100_000), pattern_sha256(10, 100_000));
+    }
+
+    fn arrivals(datagrams: &[Vec<u8>]) -> Arrivals {
+        let mut a = Arrivals::new();
+        let mut hasher = Sha256::new();
+        for d in datagrams {
+            a.add(&mut hasher, d);
+        }
+        a.sha256 = hex::encode(hasher.finalize());
+        a
+    }
+
+    #[test]
+    fn datagrams_are_numbered_and_distinct() {
+        let (d0, d1) = (datagram(3, 0), datagram(3, 1));
+        assert_eq!(u64::from_be_bytes(d1[..8].try_into().unwrap()), 1);
+        assert_ne!(d0[8..], d1[8..]);
+        assert_ne!(datagram(4, 1)[8..], d1[8..]);
+    }
+
+    #[test]
+    fn arrivals_are_intact_only_whole_once_and_in_order() {
+        let d = |seq| datagram(7, seq).to_vec();
+        // Losses are allowed: what arrived is checked.
+        assert!(arrivals(&[d(0), d(2), d(5)]).intact(7));
+        let reordered = arrivals(&[d(0), d(5), d(2)]);
+        assert_eq!(reordered.out_of_order, 1);
+        assert!(!reordered.intact(7));
+        assert!(!arrivals(&[d(0), d(2), d(2)]).intact(7));
+        let mut bad = d(3);
+        bad[100] ^= 1;
+        assert!(!arrivals(&[d(0), bad]).intact(7));
+        assert!(!arrivals(&[d(0), vec![1, 2, 3]]).intact(7));
+        assert!(!arrivals(&[d(0)]).intact(8));
     }
 }

@@ -8,8 +8,14 @@
 //! - [`nft`]: the kernel data plane (nftables, inet family): translation entries,
 //!   hold, return-routability budgets.
 //! - [`nudge`]: make the local TCP stack send its current ACK for a flow at once.
+//! - [`tun`]: the userspace data plane (TUN devices, policy routing, tc diversion)
+//!   around the simulator's packet logic: the fallback, and the base of tunnel mode.
+//! - [`tcbpf`]: the same flow translation as a tc-BPF program (measured against
+//!   [`nft`] by `roam bench dataplane`; not the plane roamd uses).
 
 pub mod netlink;
 pub mod nft;
 pub mod nudge;
 pub mod sockdiag;
+pub mod tcbpf;
+pub mod tun;

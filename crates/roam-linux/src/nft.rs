@@ -827,7 +827,7 @@ fn canon_tuple(t: Tuple) -> Tuple {
     Tuple::new(t.protocol, canon_addr(t.local), canon_addr(t.remote))
 }
 
-fn canon_change(c: &TableChange) -> TableChange {
+pub(crate) fn canon_change(c: &TableChange) -> TableChange {
     match *c {
         TableChange::InstallFlow(m) => TableChange::InstallFlow(FlowMapping {
             original: canon_tuple(m.original),

@@ -11,6 +11,8 @@ use roam_core::security::StaticKey;
 use roam_sim::{Family, RunOptions, Scenario, builtin};
 use roamd::config::{load_host, read_key_file};
 
+mod bench;
+
 #[derive(Parser)]
 #[command(
     name = "roam",
@@ -22,6 +24,15 @@ use roamd::config::{load_host, read_key_file};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// roamd's data planes, named as in its configuration (`data_plane = "tun"`).
+#[derive(Clone, Copy, ValueEnum)]
+enum DataPlaneArg {
+    /// In-kernel rewriting with nftables.
+    Nftables,
+    /// roamd rewrites the packets itself, through TUN devices.
+    Tun,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -96,16 +107,27 @@ enum Command {
         /// Turn off the retransmit nudge after a move.
         #[arg(long)]
         no_nudge: bool,
+        /// roamd's data plane on both hosts.
+        #[arg(long, value_enum, default_value = "nftables")]
+        data_plane: DataPlaneArg,
         /// Bytes of each bulk stream.
         #[arg(long, default_value_t = 40_000_000)]
         bytes: u64,
         /// Keep roamd's logs, status files and the capture (b.pcap) in DIR.
         #[arg(long, value_name = "DIR")]
         keep: Option<PathBuf>,
+        /// Moves in the `moves` scenario (A alternates between its subnets, 2 s apart).
+        #[arg(long, default_value_t = 10)]
+        moves: usize,
+        /// Seconds of the `iperf3` scenario's run across the move (at least 5).
+        #[arg(long, value_name = "SECS", default_value_t = 10)]
+        duration: u64,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },
+    /// Measurements that decide how roam is built (root): `roam bench dataplane`.
+    Bench(bench::BenchArgs),
     /// Run roamd, the host daemon, in the foreground (the same as the `roamd` command).
     Daemon(roam::DaemonArgs),
     /// Run a simulated scenario: a built-in one by name, or a TOML file.
@@ -187,6 +209,7 @@ fn run(cli: Cli) -> Result<bool> {
             Ok(true)
         }
         Command::Daemon(_) => unreachable!("handled in main"),
+        Command::Bench(args) => bench::run(args),
         Command::Lab { list: true, .. } => {
             for s in roam_lab::scenario::SCENARIOS {
                 println!("{:<20} {}", s.name, s.description);
@@ -199,8 +222,11 @@ fn run(cli: Cli) -> Result<bool> {
             seed,
             no_roam,
             no_nudge,
+            data_plane,
             bytes,
             keep,
+            moves,
+            duration,
             json,
             ..
         } => {
@@ -220,8 +246,15 @@ fn run(cli: Cli) -> Result<bool> {
             opts.seed = seed;
             opts.roam = !no_roam;
             opts.nudge = !no_nudge;
+            opts.data_plane = data_plane
+                .to_possible_value()
+                .expect("no variant is skipped")
+                .get_name()
+                .to_owned();
             opts.bytes = bytes;
             opts.keep = keep;
+            opts.moves = moves;
+            opts.duration = std::time::Duration::from_secs(duration);
             let report = roam_lab::scenario::run(&name, &opts)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -7,6 +7,16 @@
 //! the initiation went to; docs/PROTOCOL.md). Sockets are bound with IP_FREEBIND /
 //! IPV6_FREEBIND so an address that is still tentative, or was just removed, never
 //! makes a bind fail.
+//!
+//! A socket on an address of a real interface is also bound to that interface
+//! (SO_BINDTODEVICE): a datagram from an address leaves by the link the address is on,
+//! or not at all. When a host moves, the old link's default route can outlive its
+//! address for a moment (IPv6 keeps a default route whose gateway is still on-link;
+//! a DHCP client replaces it only after adding the new address), and an update sent
+//! from the new address in that moment would leave by the old link, where the network
+//! drops it (source filtering, BCP 38) and the endpoint waits for a retransmission
+//! timeout. Bound to its interface, the send fails with "no route" instead, and the
+//! daemon sends it again as soon as the routes change.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -53,15 +63,16 @@ impl ControlSockets {
         }
     }
 
-    /// Makes sure a socket is bound on `addr` (idempotent).
-    pub fn open(&mut self, addr: IpAddr) -> io::Result<()> {
+    /// Makes sure a socket is bound on `addr` (idempotent); `device`: the interface
+    /// the address is on, if it is a real one (not `lo`), to bind the socket to.
+    pub fn open(&mut self, addr: IpAddr, device: Option<&str>) -> io::Result<()> {
         if self.sockets.contains_key(&addr) {
             return Ok(());
         }
         let local = SocketAddr::new(addr, self.port);
-        let socket = Arc::new(bind(local)?);
+        let socket = Arc::new(bind(local, device)?);
         let reader = tokio::spawn(read_loop(socket.clone(), local, self.tx.clone()));
-        debug!(%local, "control socket open");
+        debug!(%local, ?device, "control socket open");
         self.sockets.insert(addr, Bound { socket, reader });
         Ok(())
     }
@@ -78,11 +89,11 @@ impl ControlSockets {
         self.sockets.keys().copied()
     }
 
-    /// Sends `payload` from `src` (opening a socket there if the endpoint chose an
-    /// address that has none yet). Never blocks: a full socket buffer drops the datagram,
+    /// Sends `payload` from `src` (opening a socket there, bound to no interface, if
+    /// the endpoint chose an address that has none yet). Never blocks: a full socket buffer drops the datagram,
     /// as the network would, and the endpoint's retransmission covers it.
     pub fn send(&mut self, src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> io::Result<()> {
-        self.open(src.ip())?;
+        self.open(src.ip(), None)?;
         let socket = &self.sockets[&src.ip()].socket;
         // Straight to the kernel: tokio's `try_send_to` refuses (WouldBlock) until its
         // reactor has seen the socket writable, which a socket opened a moment ago, as
@@ -101,7 +112,7 @@ impl Drop for ControlSockets {
     }
 }
 
-fn bind(local: SocketAddr) -> io::Result<UdpSocket> {
+fn bind(local: SocketAddr, device: Option<&str>) -> io::Result<UdpSocket> {
     let domain = if local.is_ipv4() {
         Domain::IPV4
     } else {
@@ -116,6 +127,9 @@ fn bind(local: SocketAddr) -> io::Result<UdpSocket> {
     }
     // A restarted daemon must get its port back at once.
     s.set_reuse_address(true)?;
+    if let Some(dev) = device.filter(|d| !d.is_empty()) {
+        s.bind_device(Some(dev.as_bytes()))?;
+    }
     s.set_nonblocking(true)?;
     s.bind(&local.into())?;
     UdpSocket::from_std(s.into())

@@ -26,11 +26,12 @@ use roam_core::{Config, DataPlaneCommand, Endpoint, Event, Input, Instant, Trans
 use roam_linux::netlink::{self, NetEvent, NetWatcher};
 use roam_linux::nft::{NftConfig, NftDataPlane};
 use roam_linux::sockdiag;
+use roam_linux::tun::{TunConfig, TunDataPlane};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::control::{ControlSockets, Received};
-use crate::status::{DaemonCounters, EventRecord, PeerStatus, Status};
+use crate::status::{DaemonCounters, DataPlaneCounters, EventRecord, PeerStatus, Status};
 
 /// How roamd is started.
 #[derive(Clone, Debug)]
@@ -70,6 +71,7 @@ pub fn run(options: Options) -> Result<()> {
 
 enum Plane {
     Nft(Box<NftDataPlane>),
+    Tun(Box<TunDataPlane>),
     None,
 }
 
@@ -120,6 +122,13 @@ impl Daemon {
                 })
                 .context("cannot set up the nftables data plane")?,
             )),
+            DataPlaneKind::Tun => Plane::Tun(Box::new(
+                TunDataPlane::open_with(TunConfig {
+                    nudge: settings.nudge,
+                    ..TunConfig::default()
+                })
+                .context("cannot set up the TUN data plane")?,
+            )),
             DataPlaneKind::None => Plane::None,
         };
         let (tx, mut rx) = mpsc::channel::<Received>(1024);
@@ -145,7 +154,7 @@ impl Daemon {
             .map(|a| a.addr)
             .collect();
         for addr in watcher.usable_addresses() {
-            d.address_added(addr);
+            d.address_added(&watcher, addr);
         }
         d.flush();
 
@@ -176,6 +185,7 @@ impl Daemon {
                     }
                 }
                 _ = scan.tick() => {
+                    d.plane_feedback();
                     d.scan_flows().await;
                     d.release_unused();
                     d.flush();
@@ -188,9 +198,12 @@ impl Daemon {
                 _ = snapshot.tick() => {
                     // Housekeeping off the critical path: chains of removed flows whose
                     // drain time has passed.
-                    if let Plane::Nft(p) = &mut d.plane
-                        && let Err(e) = p.maintain()
-                    {
+                    let done = match &mut d.plane {
+                        Plane::Nft(p) => p.maintain().map_err(|e| e.to_string()),
+                        Plane::Tun(p) => p.maintain().map_err(|e| e.to_string()),
+                        Plane::None => Ok(()),
+                    };
+                    if let Err(e) = done {
                         debug!("data plane housekeeping: {e}");
                     }
                     d.write_status();
@@ -201,17 +214,32 @@ impl Daemon {
         }
         info!("roamd stopping");
         d.write_status();
-        if let Plane::Nft(p) = d.plane {
-            if d.options.keep_entries_on_exit {
-                p.detach();
-            } else {
-                if let Err(e) = p.close() {
-                    warn!("cannot remove the nftables table: {e}");
-                }
-                for a in std::mem::take(&mut d.retained) {
-                    let _ = netlink::release_address(a).await;
+        match d.plane {
+            Plane::Nft(p) => {
+                if d.options.keep_entries_on_exit {
+                    p.detach();
+                } else {
+                    if let Err(e) = p.close() {
+                        warn!("cannot remove the nftables table: {e}");
+                    }
+                    for a in std::mem::take(&mut d.retained) {
+                        let _ = netlink::release_address(a).await;
+                    }
                 }
             }
+            Plane::Tun(p) => {
+                // Translation is roamd's own work here: it ends with roamd, whatever
+                // keep_entries_on_exit says (the retained addresses may stay).
+                if let Err(e) = p.close() {
+                    warn!("cannot remove the TUN data plane's rules and filters: {e}");
+                }
+                if !d.options.keep_entries_on_exit {
+                    for a in std::mem::take(&mut d.retained) {
+                        let _ = netlink::release_address(a).await;
+                    }
+                }
+            }
+            Plane::None => {}
         }
         Ok(())
     }
@@ -254,6 +282,11 @@ impl Daemon {
                         warn!("data plane refused {} command(s): {e}", batch.len());
                     }
                 }
+                Plane::Tun(p) => {
+                    if let Err(e) = p.apply_batch(&batch) {
+                        warn!("data plane refused {} command(s): {e}", batch.len());
+                    }
+                }
                 Plane::None => {}
             }
         }
@@ -269,6 +302,26 @@ impl Daemon {
             }
             self.record(e.to_string());
         }
+    }
+
+    /// What the userspace data plane found that the endpoint must hear: conflicts
+    /// (seed 000 ¶0067-¶0069, for a remap) and bytes from unvalidated addresses (which
+    /// raise their budgets). The kernel plane sees neither.
+    fn plane_feedback(&mut self) {
+        let Plane::Tun(p) = &self.plane else { return };
+        let conflicts = p.take_conflicts();
+        let heard = p.take_heard();
+        if conflicts.is_empty() && heard.is_empty() {
+            return;
+        }
+        let now = self.now();
+        for (direction, tuple) in conflicts {
+            self.endpoint.handle(now, Input::Conflict { direction, tuple });
+        }
+        for (from, bytes) in heard {
+            self.endpoint.handle(now, Input::Heard { from, bytes });
+        }
+        self.flush();
     }
 
     /// Reconciles the endpoint's view with the watcher's after every kernel event: the
@@ -299,17 +352,24 @@ impl Daemon {
         }
     }
 
-    /// Sends again what found no route (after a route change), once: a datagram that
-    /// still has none is dropped, and the endpoint's retransmission covers it.
+    /// Sends again what found no route (after a route change). A datagram that still
+    /// has none waits for the next change, until [`UNROUTED_TTL`]: a DHCP client adds
+    /// the new subnet's route a moment before the default route, and the first change
+    /// is not yet the one the datagram needs (seen in the lab with the TUN plane, whose
+    /// faster install sends the update between the two).
     fn send_unrouted(&mut self) {
         let now = std::time::Instant::now();
         for (at, t) in std::mem::take(&mut self.unrouted) {
             if now.duration_since(at) >= UNROUTED_TTL {
                 continue;
             }
-            if let Err(e) = self.sockets.send(t.src, t.dst, &t.payload) {
-                self.counters.send_errors += 1;
-                debug!(src = %t.src, dst = %t.dst, "control send failed again: {e}");
+            match self.sockets.send(t.src, t.dst, &t.payload) {
+                Ok(()) => {}
+                Err(e) if is_no_route(&e) => self.unrouted.push_back((at, t)),
+                Err(e) => {
+                    self.counters.send_errors += 1;
+                    debug!(src = %t.src, dst = %t.dst, "control send failed again: {e}");
+                }
             }
         }
     }
@@ -332,16 +392,23 @@ impl Daemon {
             self.address_gone(addr, removed).await;
         }
         for addr in added {
-            self.address_added(addr);
+            self.address_added(watcher, addr);
         }
         self.flush();
     }
 
-    fn address_added(&mut self, addr: IpAddr) {
+    fn address_added(&mut self, watcher: &NetWatcher, addr: IpAddr) {
         if !self.usable.insert(addr) {
             return;
         }
-        if let Err(e) = self.sockets.open(addr) {
+        // Bound to the address's interface, unless that is a loopback device (where
+        // nothing routes): see control.rs.
+        let device = watcher
+            .addresses()
+            .into_iter()
+            .find(|a| a.addr == addr && !a.on_loopback && !a.roam_owned)
+            .map(|a| a.ifname);
+        if let Err(e) = self.sockets.open(addr, device.as_deref()) {
             warn!(%addr, "cannot open a control socket: {e}");
         }
         let now = self.now();
@@ -448,7 +515,12 @@ impl Daemon {
             control_port: self.settings.control_port,
             data_plane: format!("{:?}", self.settings.data_plane).to_lowercase(),
             data_plane_counters: match &self.plane {
-                Plane::Nft(p) => p.counters().map_err(|e| debug!("data plane counters: {e}")).ok(),
+                Plane::Nft(p) => p
+                    .counters()
+                    .map(DataPlaneCounters::Nft)
+                    .map_err(|e| debug!("data plane counters: {e}"))
+                    .ok(),
+                Plane::Tun(p) => Some(DataPlaneCounters::Tun(Box::new(p.counters()))),
                 Plane::None => None,
             },
             addresses: self.usable.iter().copied().collect(),

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use roam_core::{Counters, Flow};
 use roam_linux::nft::NftCounters;
+use roam_linux::tun::TunCounters;
 use serde::Serialize;
 
 /// Counters of the daemon's own work (the endpoint counts the protocol's).
@@ -29,6 +30,14 @@ pub struct DaemonCounters {
     pub address_events: u64,
     pub addresses_retained: u64,
     pub addresses_released: u64,
+}
+
+/// A data plane's own counters, in its own shape (`data_plane` says which).
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum DataPlaneCounters {
+    Nft(NftCounters),
+    Tun(Box<TunCounters>),
 }
 
 /// A peer as the status shows it.
@@ -62,9 +71,9 @@ pub struct Status {
     pub uptime_s: f64,
     pub control_port: u16,
     pub data_plane: String,
-    /// The data plane's own counters: packets translated each way, dropped while held or
-    /// over a budget, transactions made and refused, nudges (nftables only).
-    pub data_plane_counters: Option<NftCounters>,
+    /// The data plane's own counters: packets translated each way, dropped (kernel) or
+    /// queued (TUN) while held or over a budget, kernel changes made and refused, nudges.
+    pub data_plane_counters: Option<DataPlaneCounters>,
     pub addresses: Vec<IpAddr>,
     /// Addresses gone from their interface that roamd keeps on `lo` for the sockets
     /// still using them (docs/ARCHITECTURE.md).

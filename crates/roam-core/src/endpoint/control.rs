@@ -1,6 +1,6 @@
 //! Control messages: what the endpoint sends, and what it does with what it receives.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use roam_wire::{
 };
 use tracing::{debug, trace};
 
-use super::flow::FlowPeer;
+use super::flow::{DeferredNudge, FlowPeer};
 use super::peer::{Exchange, Probe};
 use super::{DataPlaneCommand, Endpoint, Event, MoveMessage};
 use crate::time::Instant;
@@ -187,12 +187,14 @@ impl Endpoint {
         let mut statuses = Vec::with_capacity(selectors.len());
         let mut left = BTreeSet::new();
         let mut moved_to = None;
+        let mut challenges = BTreeMap::new();
         for (_, sel) in &selectors {
             let status = if stale {
                 self.counters.migrations_stale += 1;
                 MigrationStatus::Stale
             } else {
-                let (applied, status) = self.apply_selector(now, peer_id, sel, outage, remote);
+                let (applied, status) =
+                    self.apply_selector(now, peer_id, sel, outage, remote, &mut challenges);
                 moved += applied;
                 if applied > 0 {
                     moved_to.get_or_insert(sel.new_remote.ip());
@@ -266,11 +268,20 @@ impl Endpoint {
             }
         }
         self.send_sealed(peer_id, local.ip(), remote, reply);
+        // The challenges go after the answer, never before: the mover answers a
+        // challenge at once, and its answer is our sign that it has released the
+        // flows it held (it releases on our answer), so that the deferred nudges
+        // (`DeferredNudge`) find its sender free. One per address, however many flows
+        // went there.
+        for (addr, port) in challenges {
+            self.challenge_path(now, peer_id, addr, port);
+        }
     }
 
     /// Applies one selector to a peer's flows: (flows changed, status to report).
     /// `outage`: how long the mover says its flows have been without a path; `from`:
-    /// where the update came from.
+    /// where the update came from. The peer's addresses to challenge once the answer
+    /// has gone are added to `challenges` (with the port to send to).
     fn apply_selector(
         &mut self,
         now: Instant,
@@ -278,6 +289,7 @@ impl Endpoint {
         sel: &Selector,
         outage: Duration,
         from: SocketAddr,
+        challenges: &mut BTreeMap<IpAddr, u16>,
     ) -> (usize, MigrationStatus) {
         let targets: Vec<Tuple> = match sel.exact_key() {
             Some(key) => self.flows_by_wire_key(peer, &key),
@@ -300,7 +312,7 @@ impl Endpoint {
                     && sel.matches(&f.wire_key)
             });
             if unclaimed && !self.peers.get(&peer).is_some_and(|p| p.is_validated(from.ip())) {
-                self.challenge_path(now, peer, from.ip(), from.port());
+                challenges.insert(from.ip(), from.port());
                 return (0, MigrationStatus::Stale);
             }
             self.counters.migrations_unknown_flow += 1;
@@ -350,24 +362,31 @@ impl Endpoint {
                 } else {
                     f.validating = None;
                 }
+                // A TCP flow's nudge waits for the peer's answer to the challenge
+                // below (`DeferredNudge`); a newer move replaces an older one's.
+                f.nudge_deferred = (o.protocol == Protocol::Tcp).then_some(DeferredNudge {
+                    addr: new_remote.ip(),
+                    outage,
+                    applied: now,
+                });
             }
-            if unproven {
-                let port = if from.ip() == new_remote.ip() {
-                    from.port()
-                } else {
-                    self.peers
-                        .get(&peer)
-                        .map_or(self.config.control_port, |p| p.control.port())
-                };
-                self.challenge_path(now, peer, new_remote.ip(), port);
-            }
+            // Every new address of the peer's is challenged, proven before or not (RFC
+            // 9000 §9: a peer's address change is validated every time). A proven one
+            // keeps its standing: the challenge only tells us when the peer is there.
+            let port = if from.ip() == new_remote.ip() {
+                from.port()
+            } else {
+                self.peers
+                    .get(&peer)
+                    .map_or(self.config.control_port, |p| p.control.port())
+            };
+            challenges.insert(new_remote.ip(), port);
             self.sync_entry(&o);
             // Resending into an unproven path's budget would only fill it: the
             // resend waits for the echo (`on_path_response`).
             if o.protocol == Protocol::Tcp && !unproven {
                 self.dataplane.push_back(DataPlaneCommand::Resend { original: o });
             }
-            self.nudge(&o, outage);
             self.counters.migrations_applied += 1;
             changed += 1;
         }
@@ -553,6 +572,7 @@ impl Endpoint {
             if let Some(f) = self.flows.get_mut(&o) {
                 f.moving_since = None;
                 f.validating = None;
+                f.nudge_deferred = None;
             }
             self.set_current(&o, back);
             self.sync_entry(&o);

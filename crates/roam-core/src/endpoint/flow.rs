@@ -49,6 +49,10 @@ pub struct Flow {
     /// The peer moved this flow to an address that has not yet echoed a challenge:
     /// that address, and the current tuple to go back to if it never does.
     pub validating: Option<(IpAddr, Tuple)>,
+    /// The peer moved this flow and its nudge waits for the sign that the peer has
+    /// released its hold (see [`DeferredNudge`]).
+    #[serde(skip)]
+    pub(crate) nudge_deferred: Option<DeferredNudge>,
     pub opened_at: Instant,
     /// Completed moves of this flow (ours and the peer's).
     pub moves: u32,
@@ -68,6 +72,7 @@ impl Flow {
             orphaned: false,
             remapped: false,
             validating: None,
+            nudge_deferred: None,
             opened_at: now,
             moves: 0,
             installed: None,
@@ -87,6 +92,30 @@ impl Flow {
     fn managed(&self) -> bool {
         matches!(self.peer, FlowPeer::Peer(_) | FlowPeer::Probing)
     }
+}
+
+/// A nudge for a flow the peer moved, sent once the peer answers a challenge at the
+/// flow's new address.
+///
+/// The mover holds the flow's egress until our acknowledgment reaches it (seed 001
+/// FIG. 3 step 305), and a data plane that cannot queue (the kernel's) drops what the
+/// held flow sends. A nudge sent as we apply the move reaches the mover's stack a few
+/// microseconds after our acknowledgment, before its daemon has released the hold: its
+/// TCP answers with data that the hold drops, then sits in its retransmission timer
+/// (200 ms at least), and the peer's stack will not answer a second nudge for 500 ms
+/// (`tcp_invalid_ratelimit`). The challenge goes after the acknowledgment, so the
+/// mover answers it once it has released (roamd applies a step's data-plane changes
+/// before it sends that step's datagrams), and the nudge then finds its sender free to
+/// send. (If the acknowledgment is lost and the challenge is not, the answer comes
+/// early and so does the nudge: no worse than nudging on applying the move.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DeferredNudge {
+    /// Where the peer moved the flow: its answer must come from there.
+    pub addr: IpAddr,
+    /// The outage the peer reported, and when we applied its move: when the answer
+    /// comes the flow has been without a path for `outage + (now - applied)`.
+    pub outage: std::time::Duration,
+    pub applied: Instant,
 }
 
 /// Ports handed out by remaps: the IANA dynamic range (RFC 6335 §6).

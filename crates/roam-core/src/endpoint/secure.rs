@@ -357,7 +357,7 @@ impl Endpoint {
             failed(self, true);
             return;
         };
-        let fin = Message::new(Header::new(
+        let mut fin = Message::new(Header::new(
             MessageType::HandshakeFinish,
             self.node_id,
             init.sequence,
@@ -365,8 +365,13 @@ impl Endpoint {
         ))
         .with(Extension::ReceiverIndex(theirs))
         .with(Extension::Noise(noise3));
+        let Ok(first) = fin.encode_clear() else { return };
+        self.transmit_clear(init.from, remote, first);
+        // The copies that go with later messages (below) echo nothing: one that arrives
+        // a second after the Response would make the responder take a second for the
+        // round trip (and its timers three times that).
+        fin.header.replay_id = clocks(now, 0);
         let Ok(fin) = fin.encode_clear() else { return };
-        self.transmit_clear(init.from, remote, fin.clone());
         let rtt = echoed_rtt(now, msg.header.replay_id);
         let id = key.node_id();
         // The Response answers our Init: whoever has the key received at `init.to`.
@@ -835,8 +840,14 @@ impl Endpoint {
 
     // ---- return routability ----
 
-    /// The peer's flows now go to `addr`, which has not proven it receives there:
-    /// limit what goes there and challenge it. `port` is where to send the challenge.
+    /// The peer's flows now go to `addr`: challenge it (RFC 9000 §9: every change of
+    /// a peer's address is validated). `port` is where to send the challenge.
+    ///
+    /// An address that has not proven it receives there gets a budget until it answers
+    /// (return routability, RFC 9000 §8.2). One that has (the peer came back to it)
+    /// keeps its standing: its answer only says that the peer is there now and has
+    /// released its hold, which is when the flows' deferred nudges go
+    /// (`DeferredNudge`), and its silence reverts nothing.
     pub(super) fn challenge_path(&mut self, now: Instant, peer: NodeId, addr: IpAddr, port: u16) {
         let cap = self.config.unvalidated_budget;
         let rto = {
@@ -849,28 +860,25 @@ impl Endpoint {
             return;
         };
         let path = p.path(addr);
-        if path.validated {
-            return;
+        // Named again while a challenge was out (the peer came back to it): what went
+        // there while the peer was elsewhere proves nothing either way, and an answer
+        // to it must not be taken for one to this move. Start over, with a new token.
+        let first = path
+            .challenge
+            .replace(Challenge {
+                token,
+                port,
+                exchange: Exchange::new(0, BTreeSet::new(), now, rto),
+            })
+            .is_none();
+        if first && !path.validated {
+            let received = path.received;
+            self.dataplane.push_back(DataPlaneCommand::Unvalidated {
+                remote: addr,
+                cap,
+                received,
+            });
         }
-        if let Some(c) = &mut path.challenge {
-            // Named again (the peer came back to it): a challenge that went there
-            // while the peer was elsewhere proves nothing either way. Start over.
-            c.exchange = Exchange::new(0, BTreeSet::new(), now, rto);
-            c.port = port;
-            self.send_challenge(peer, addr);
-            return;
-        }
-        path.challenge = Some(Challenge {
-            token,
-            port,
-            exchange: Exchange::new(0, BTreeSet::new(), now, rto),
-        });
-        let received = path.received;
-        self.dataplane.push_back(DataPlaneCommand::Unvalidated {
-            remote: addr,
-            cap,
-            received,
-        });
         self.send_challenge(peer, addr);
     }
 
@@ -926,15 +934,21 @@ impl Endpoint {
             self.counters.drop_unexpected_reply += 1;
             return;
         };
-        path.validated = true;
+        // A proven address answering again (a move back to it) only says the peer is
+        // there: nothing to lift.
+        let newly_proven = !std::mem::replace(&mut path.validated, true);
         p.control = SocketAddr::new(addr, c.port);
         if c.exchange.attempts == 1 {
             p.rtt_sample(now - c.exchange.started);
         }
-        self.counters.paths_validated += 1;
-        self.dataplane
-            .push_back(DataPlaneCommand::Validated { remote: addr });
-        self.events.push_back(Event::PathValidated { peer, addr });
+        if newly_proven {
+            self.counters.paths_validated += 1;
+            self.dataplane
+                .push_back(DataPlaneCommand::Validated { remote: addr });
+            self.events.push_back(Event::PathValidated { peer, addr });
+        } else {
+            debug!(%addr, "peer answered at a proven address");
+        }
         let flows: Vec<Tuple> = self
             .flows
             .values()
@@ -949,9 +963,29 @@ impl Endpoint {
                 self.dataplane.push_back(DataPlaneCommand::Resend { original: o });
             }
         }
+        // The peer answered a challenge sent after our acknowledgment of its move, so
+        // (unless that acknowledgment was lost) it has released its hold: its sender
+        // can act on a nudge now (`DeferredNudge`).
+        for (o, outage) in self.take_deferred_nudges(now, peer, addr) {
+            self.nudge(&o, outage);
+        }
         // The peer receives at `addr` now: flows with that address that no peer has
         // are its (return routability is the proof, as for a handshake from there).
         self.claim_address(peer, addr);
+    }
+
+    /// Takes the deferred nudges of `peer`'s flows that wait for an answer from `addr`:
+    /// each flow with how long it has been without a path.
+    fn take_deferred_nudges(&mut self, now: Instant, peer: NodeId, addr: IpAddr) -> Vec<(Tuple, Duration)> {
+        let mut due = Vec::new();
+        for f in self.flows.values_mut() {
+            if f.peer == FlowPeer::Peer(peer)
+                && let Some(d) = f.nudge_deferred.take_if(|d| d.addr == addr)
+            {
+                due.push((f.original, d.outage + (now - d.applied)));
+            }
+        }
+        due
     }
 
     /// `peer` proved it receives at `addr`: the address is its (and no longer any
@@ -994,10 +1028,22 @@ impl Endpoint {
                 self.send_challenge(peer, addr);
                 continue;
             }
-            // Never answered: the flows go back where they were (and proven).
-            if let Some(path) = self.peers.get_mut(&peer).and_then(|p| p.paths.get_mut(&addr)) {
-                path.challenge = None;
+            let Some(path) = self.peers.get_mut(&peer).and_then(|p| p.paths.get_mut(&addr)) else {
+                continue;
+            };
+            path.challenge = None;
+            let proven = path.validated;
+            // Nobody answered: no sign the peer released its hold, and a nudge this
+            // late would only cost it a spurious retransmission.
+            let dropped = self.take_deferred_nudges(now, peer, addr).len();
+            if proven {
+                // A proven address that missed a check keeps its flows (the peer may
+                // have lost only our challenges and be sending fine): only an address
+                // that never proved itself sends its flows back.
+                debug!(%addr, dropped, "peer did not answer at a proven address; its flows stay");
+                continue;
             }
+            // Never answered: the flows go back where they were (and proven).
             let back: Vec<(Tuple, Tuple)> = self
                 .flows
                 .values()

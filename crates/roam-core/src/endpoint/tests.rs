@@ -35,6 +35,8 @@ struct Host {
     resends: Vec<Tuple>,
     /// Addresses the data plane is told to budget (return routability).
     unvalidated: std::collections::BTreeSet<IpAddr>,
+    /// Every return-routability command (`Unvalidated`, `Validated`, `Unreachable`), in order.
+    limits: Vec<DataPlaneCommand>,
     events: Vec<Event>,
 }
 
@@ -55,9 +57,11 @@ impl Host {
                 } => self.nudges.push((original, fast_retransmit)),
                 DataPlaneCommand::Resend { original } => self.resends.push(original),
                 DataPlaneCommand::Unvalidated { remote, .. } => {
+                    self.limits.push(c);
                     self.unvalidated.insert(remote);
                 }
                 DataPlaneCommand::Validated { remote } | DataPlaneCommand::Unreachable { remote } => {
+                    self.limits.push(c);
                     self.unvalidated.remove(&remote);
                 }
             }
@@ -96,6 +100,7 @@ impl Net {
                     nudges: Vec::new(),
                     resends: Vec::new(),
                     unvalidated: Default::default(),
+                    limits: Vec::new(),
                     events: Vec::new(),
                 }
             })
@@ -974,4 +979,175 @@ fn a_restored_entry_that_clashes_or_mixes_families_is_refused() {
     assert!(net.ep(0).flow(&other).is_none());
     assert!(net.ep(0).flow(&mixed).is_none());
     assert_eq!(net.ep(0).counters().restore_refused, 2);
+}
+
+// ---- the peer's nudge waits until the mover has released its hold ----
+
+/// The message types of the datagrams in flight, in the order they will arrive.
+fn in_flight_types(net: &Net) -> Vec<MessageType> {
+    let mut v: Vec<&(Instant, Transmit)> = net.in_flight.iter().collect();
+    // Stable: datagrams due at the same time keep their send order, as `drive` does.
+    v.sort_by_key(|(at, _)| *at);
+    v.iter()
+        .map(|(_, t)| MessageType::from_u8(t.payload[1]).expect("a known type"))
+        .collect()
+}
+
+#[test]
+fn the_peer_nudges_on_the_movers_answer_to_its_challenge_not_when_it_applies_the_move() {
+    let (mut net, flow) = pair_with_flow();
+    let b_flow = flow.reversed();
+    let lat = net.latency;
+    for (from, to, proven) in [
+        ("10.0.1.2", "10.0.2.7", false),
+        // Back to the address of the handshake: proven already, challenged all the same.
+        ("10.0.2.7", "10.0.1.2", true),
+    ] {
+        let b_nudges = net.hosts[1].nudges.len();
+        let b_limits = net.hosts[1].limits.len();
+        let validated = net.ep(1).counters().paths_validated;
+        let t0 = net.now;
+        net.move_host(0, from, to);
+        assert_eq!(in_flight_types(&net), vec![MessageType::ConnectionUpdate]);
+        // B applies the move: its answer, then a challenge to the new address, and no
+        // nudge yet (the mover still holds the flow: what it would send now is lost).
+        net.drive_until(t0 + lat);
+        let b = &net.hosts[1];
+        assert_eq!(b.ep.flow(&b_flow).unwrap().current.remote.ip(), ip(to));
+        assert_eq!(b.nudges.len(), b_nudges, "{to}: no nudge on applying the move");
+        assert_eq!(
+            in_flight_types(&net),
+            vec![MessageType::ConnectionUpdateAck, MessageType::PathChallenge],
+            "{to}: the answer goes first, so the mover answers the challenge once released"
+        );
+        // A releases on the answer, then echoes the challenge.
+        net.drive_until(t0 + lat * 2);
+        assert!(
+            net.hosts[0].table.get(&flow).is_none_or(|m| !m.hold),
+            "{to}: released"
+        );
+        assert_eq!(in_flight_types(&net), vec![MessageType::PathResponse]);
+        assert_eq!(net.hosts[1].nudges.len(), b_nudges, "{to}: still no nudge");
+        // The echo arrives: now B nudges.
+        net.drive_until(t0 + lat * 3);
+        let b = &net.hosts[1];
+        assert_eq!(
+            b.nudges[b_nudges..],
+            [(b_flow, false)],
+            "{to}: one nudge, on the echo"
+        );
+        // Only an address that had not proven itself was budgeted, and counts as validated.
+        let limits = &b.limits[b_limits..];
+        if proven {
+            assert!(
+                limits.is_empty(),
+                "{to}: a proven address gets no budget: {limits:?}"
+            );
+            assert_eq!(net.ep(1).counters().paths_validated, validated);
+        } else {
+            assert_eq!(limits.len(), 2, "{to}: {limits:?}");
+            assert!(matches!(limits[0], DataPlaneCommand::Unvalidated { remote, .. } if remote == ip(to)));
+            assert_eq!(limits[1], DataPlaneCommand::Validated { remote: ip(to) });
+            assert_eq!(net.ep(1).counters().paths_validated, validated + 1);
+        }
+        net.drive();
+        assert_eq!(net.hosts[1].nudges.len(), b_nudges + 1, "{to}: nudged once");
+    }
+    assert_eq!(net.ep(1).counters().path_challenges, 2, "one challenge per move");
+}
+
+#[test]
+fn an_unanswered_check_of_a_proven_address_leaves_the_flows_there_without_a_nudge() {
+    let (mut net, flow) = pair_with_flow();
+    let b_flow = flow.reversed();
+    net.move_host(0, "10.0.1.2", "10.0.2.7");
+    net.drive();
+    // Back to the proven 10.0.1.2; every challenge from now on is lost.
+    net.lose = Box::new(|t| t.payload[1] == MessageType::PathChallenge as u8);
+    let b_limits = net.hosts[1].limits.len();
+    let b_nudges = net.hosts[1].nudges.len();
+    net.move_host(0, "10.0.2.7", "10.0.1.2");
+    net.drive();
+    let b = &net.hosts[1];
+    let max = b.ep.config().max_path_challenges;
+    assert_eq!(
+        b.ep.counters().path_challenges,
+        1 + u64::from(max),
+        "retried, then given up"
+    );
+    assert_eq!(
+        b.ep.flow(&b_flow).unwrap().current.remote,
+        sa("10.0.1.2:40000"),
+        "not reverted"
+    );
+    assert!(b.ep.flow(&b_flow).unwrap().nudge_deferred.is_none(), "forgotten");
+    assert_eq!(b.nudges.len(), b_nudges, "no sign of a release: no nudge");
+    assert_eq!(b.ep.counters().paths_failed, 0);
+    assert!(b.limits[b_limits..].is_empty(), "no budget, no Unreachable");
+    assert!(!b.events.iter().any(|e| matches!(e, Event::PathFailed { .. })));
+    assert!(
+        b.ep.peer(net.ep(0).node_id())
+            .unwrap()
+            .is_validated(ip("10.0.1.2"))
+    );
+}
+
+#[test]
+fn an_unanswered_challenge_of_a_new_address_sends_the_flows_back() {
+    let (mut net, flow) = pair_with_flow();
+    let b_flow = flow.reversed();
+    net.lose = Box::new(|t| t.payload[1] == MessageType::PathChallenge as u8);
+    net.move_host(0, "10.0.1.2", "10.0.2.7");
+    net.drive();
+    let b = &net.hosts[1];
+    assert_eq!(b.table.get(&b_flow), None, "back on its original tuple: no entry");
+    assert_eq!(b.ep.flow(&b_flow).unwrap().current, b_flow);
+    assert!(b.nudges.is_empty());
+    assert_eq!(b.ep.counters().paths_failed, 1);
+    assert_eq!(
+        b.limits.last(),
+        Some(&DataPlaneCommand::Unreachable {
+            remote: ip("10.0.2.7")
+        })
+    );
+}
+
+#[test]
+fn a_late_copy_of_a_lost_finish_is_no_round_trip_sample() {
+    let mut net = Net::new(2);
+    // The first Handshake Finish is lost: the responder gets the session from the copy
+    // that goes with the initiator's next sealed message, a second later.
+    let mut lost = false;
+    net.lose = Box::new(move |t| {
+        let fin = t.payload[1] == MessageType::HandshakeFinish as u8;
+        let lose = fin && !lost;
+        lost |= fin;
+        lose
+    });
+    net.add_address(0, "10.0.1.2");
+    net.add_address(1, "10.0.9.2");
+    let flow = tcp("10.0.1.2:40000", "10.0.9.2:5001");
+    // A alone sees the flow at first: one handshake, A's.
+    net.input(0, Input::FlowOpened(flow));
+    net.sleep(Duration::from_secs(1));
+    net.input(1, Input::FlowOpened(flow.reversed()));
+    net.move_host(0, "10.0.1.2", "10.0.2.7");
+    net.drive();
+    let (a, b) = (net.ep(0), net.ep(1));
+    assert!(
+        a.peer(b.node_id()).is_some() && b.peer(a.node_id()).is_some(),
+        "registered"
+    );
+    for (h, other) in [(a, b), (b, a)] {
+        let srtt = h.peer(other.node_id()).unwrap().srtt;
+        assert!(
+            srtt.is_none_or(|s| s < Duration::from_millis(100)),
+            "a 20 ms path measured as {srtt:?}"
+        );
+    }
+    assert_eq!(
+        net.ep(0).flow(&flow).unwrap().moving_since,
+        None,
+        "the move completed"
+    );
 }
