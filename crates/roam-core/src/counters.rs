@@ -61,12 +61,20 @@ counters! {
         cookies_sent,
         /// Sessions replaced by a newer handshake (key rotation or restart).
         sessions_rekeyed,
-        /// Path challenges sent to a peer's new address (return routability).
+        /// Path challenges sent (first copies and retransmissions) to an address a peer
+        /// moved flows to: a new address (return routability) or a proven one (a
+        /// recheck, below).
         path_challenges,
         /// New addresses that echoed their challenge.
         paths_validated,
         /// New addresses that never did: their flows went back where they were.
         paths_failed,
+        /// Challenges begun to an address the peer had proven already (it moved back
+        /// there): its answer only says when to nudge the flows that went there.
+        path_rechecks,
+        /// Challenges to a proven address never answered: its flows stayed there, and
+        /// went without their nudge.
+        path_rechecks_unanswered,
         /// Control messages not sent to an unvalidated address: over its budget.
         budget_refusals,
         /// Dropped: a reply that matches no outstanding request (or an old one).

@@ -614,7 +614,8 @@ impl DataPlane for PacketPlane {
 }
 
 /// A packet's source and destination addresses (IPv4 or IPv6 header), if it has them.
-fn ip_addrs(pkt: &[u8]) -> Option<(IpAddr, IpAddr)> {
+/// Shared by every userspace data plane and the simulator's links.
+pub fn ip_addrs(pkt: &[u8]) -> Option<(IpAddr, IpAddr)> {
     match pkt.first()? >> 4 {
         4 if pkt.len() >= 20 => {
             let s: [u8; 4] = pkt[12..16].try_into().ok()?;

@@ -573,7 +573,7 @@ pub fn datagrams_sha256(seed: u64, seqs: impl IntoIterator<Item = u64>) -> Strin
 }
 
 /// The datagrams one end received.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Arrivals {
     pub datagrams: u64,
     pub bytes: u64,
@@ -586,23 +586,9 @@ pub struct Arrivals {
     pub out_of_order: u64,
     /// Datagrams too short to carry a number.
     pub malformed: u64,
-    /// When each datagram arrived (wall clock), in arrival order.
-    pub times: Vec<SystemTime>,
 }
 
 impl Arrivals {
-    fn new() -> Arrivals {
-        Arrivals {
-            datagrams: 0,
-            bytes: 0,
-            seqs: Vec::new(),
-            sha256: String::new(),
-            out_of_order: 0,
-            malformed: 0,
-            times: Vec::new(),
-        }
-    }
-
     /// Records one datagram; returns its number (`None`: malformed).
     fn add(&mut self, hasher: &mut Sha256, d: &[u8]) -> Option<u64> {
         self.datagrams += 1;
@@ -619,7 +605,6 @@ impl Arrivals {
             self.out_of_order += 1;
         }
         self.seqs.push(seq);
-        self.times.push(SystemTime::now());
         Some(seq)
     }
 
@@ -631,6 +616,20 @@ impl Arrivals {
         seqs.sort_unstable();
         seqs.dedup();
         datagrams_sha256(seed, seqs)
+    }
+
+    /// Every datagram arrived whole and once, in whatever order (UDP promises none,
+    /// and a path change can reorder: a datagram still crossing the old path may land
+    /// after one sent on the new path). The arrival-order digest equals the digest of
+    /// the datagrams sent under the numbers that arrived, in that order, exactly when
+    /// each arrived whole.
+    pub fn whole_once(&self, seed: u64) -> bool {
+        let mut distinct = self.seqs.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        self.malformed == 0
+            && distinct.len() == self.seqs.len()
+            && self.sha256 == datagrams_sha256(seed, self.seqs.iter().copied())
     }
 
     /// Every datagram arrived whole, once and in order.
@@ -671,8 +670,6 @@ pub struct EchoReport {
     pub echoed: u64,
     pub refused: Refusals,
     pub refused_seqs: Vec<u64>,
-    /// Errors reported on receive (an ICMP error for an earlier datagram).
-    pub receive_errors: Refusals,
 }
 
 /// Receives datagrams on a UDP socket and sends each back. The socket is connected to
@@ -681,7 +678,6 @@ pub struct EchoReport {
 /// (sock_diag shows connected UDP sockets as ESTABLISHED; roamd moves only those).
 #[derive(Debug)]
 pub struct UdpEcho {
-    local: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: NsThread<Result<EchoReport, LabError>>,
 }
@@ -701,11 +697,7 @@ impl UdpEcho {
                 echo(socket, until, &stop).map_err(|e| LabError::io(format!("udp echo on {local}"), e))
             })?
         };
-        Ok(UdpEcho { local, stop, thread })
-    }
-
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local
+        Ok(UdpEcho { stop, thread })
     }
 
     /// Stops now and reports.
@@ -720,11 +712,10 @@ fn echo(socket: UdpSocket, until: Instant, stop: &AtomicBool) -> std::io::Result
     let mut report = EchoReport {
         local: socket.local_addr()?,
         peers: Vec::new(),
-        arrivals: Arrivals::new(),
+        arrivals: Arrivals::default(),
         echoed: 0,
         refused: Refusals::new(),
         refused_seqs: Vec::new(),
-        receive_errors: Refusals::new(),
     };
     let mut hasher = Sha256::new();
     let mut buf = [0u8; 2048];
@@ -733,10 +724,8 @@ fn echo(socket: UdpSocket, until: Instant, stop: &AtomicBool) -> std::io::Result
         let (n, from) = match socket.recv_from(&mut buf) {
             Ok(r) => r,
             Err(e) if is_timeout(&e) => continue,
-            Err(e) => {
-                refuse(&mut report.receive_errors, &e);
-                continue;
-            }
+            // An ICMP error for an earlier echo: nothing to do but go on.
+            Err(_) => continue,
         };
         if !connected {
             socket.connect(from)?;
@@ -762,13 +751,10 @@ fn echo(socket: UdpSocket, until: Instant, stop: &AtomicBool) -> std::io::Result
 /// What a [`UdpPinger`] sent and got back.
 #[derive(Clone, Debug)]
 pub struct PingerReport {
-    /// Its own address when it connected, and at the end (`getsockname`).
-    pub local: SocketAddr,
+    /// Its own address at the end (`getsockname`; [`UdpPinger::local_addr`] is the one
+    /// it had when it connected).
     pub local_at_end: SocketAddr,
-    pub peer: SocketAddr,
-    /// Datagrams numbered so far (0 to `numbered - 1`), and when each was handed to
-    /// the kernel (wall clock).
-    pub numbered: u64,
+    /// When each datagram was handed to the kernel (wall clock), by number.
     pub sent_at: Vec<SystemTime>,
     /// Of those, the ones the kernel took, and the numbers of those it refused.
     pub sent: u64,
@@ -776,8 +762,13 @@ pub struct PingerReport {
     pub refused_seqs: Vec<u64>,
     /// The echoes that came back.
     pub echoes: Arrivals,
-    /// Errors reported on receive (an ICMP error for an earlier datagram).
-    pub receive_errors: Refusals,
+}
+
+impl PingerReport {
+    /// Datagrams numbered (0 to `numbered - 1`).
+    pub fn numbered(&self) -> u64 {
+        self.sent_at.len() as u64
+    }
 }
 
 /// Sends numbered datagrams ([`datagram`]) at a steady rate on a connected UDP socket
@@ -786,7 +777,6 @@ pub struct PingerReport {
 #[derive(Debug)]
 pub struct UdpPinger {
     local: SocketAddr,
-    numbered: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: NsThread<Result<PingerReport, LabError>>,
 }
@@ -820,32 +810,21 @@ impl UdpPinger {
             })?
             .map_err(|e| LabError::io(format!("connecting a UDP socket to {to}"), e))?;
         let local = socket.local_addr().map_err(|e| LabError::io("getsockname", e))?;
-        let numbered = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (numbered, stop) = (numbered.clone(), stop.clone());
+            let stop = stop.clone();
             let interval = Duration::from_secs(1) / rate;
             ns.spawn_thread("udp pinger", move || {
-                ping(socket, interval, seed, until, &numbered, &stop)
+                ping(socket, interval, seed, until, &stop)
                     .map_err(|e| LabError::io(format!("udp pinger to {to}"), e))
             })?
         };
-        Ok(UdpPinger {
-            local,
-            numbered,
-            stop,
-            thread,
-        })
+        Ok(UdpPinger { local, stop, thread })
     }
 
     /// The socket's own address (the kernel chose it at connect).
     pub fn local_addr(&self) -> SocketAddr {
         self.local
-    }
-
-    /// Datagrams numbered so far: the next one gets this number.
-    pub fn numbered(&self) -> u64 {
-        self.numbered.load(Ordering::Relaxed)
     }
 
     /// Stops sending, waits briefly for the echoes in flight, and reports.
@@ -860,21 +839,16 @@ fn ping(
     interval: Duration,
     seed: u64,
     until: Instant,
-    numbered: &AtomicU64,
     stop: &AtomicBool,
 ) -> std::io::Result<PingerReport> {
     socket.set_nonblocking(true)?;
     let mut report = PingerReport {
-        local: socket.local_addr()?,
         local_at_end: socket.local_addr()?,
-        peer: socket.peer_addr()?,
-        numbered: 0,
         sent_at: Vec::new(),
         sent: 0,
         refused: Refusals::new(),
         refused_seqs: Vec::new(),
-        echoes: Arrivals::new(),
-        receive_errors: Refusals::new(),
+        echoes: Arrivals::default(),
     };
     let mut hasher = Sha256::new();
     let mut buf = [0u8; 2048];
@@ -890,9 +864,9 @@ fn ping(
         }
         // Send every datagram that is due (the schedule is fixed: a late one goes out
         // at once, not shifted).
-        let mut next = start + interval * report.numbered as u32;
+        let mut next = start + interval * report.numbered() as u32;
         while linger_until.is_none() && next <= now {
-            let seq = report.numbered;
+            let seq = report.numbered();
             report.sent_at.push(SystemTime::now());
             match socket.send(&datagram(seed, seq)) {
                 Ok(_) => report.sent += 1,
@@ -901,9 +875,7 @@ fn ping(
                     report.refused_seqs.push(seq);
                 }
             }
-            report.numbered += 1;
-            numbered.store(report.numbered, Ordering::Relaxed);
-            next = start + interval * report.numbered as u32;
+            next = start + interval * report.numbered() as u32;
         }
         loop {
             match socket.recv(&mut buf) {
@@ -912,10 +884,7 @@ fn ping(
                 }
                 Err(e) if is_timeout(&e) => break,
                 // An ICMP error for an earlier datagram: reported once, then cleared.
-                Err(e) => {
-                    refuse(&mut report.receive_errors, &e);
-                    break;
-                }
+                Err(_) => break,
             }
         }
         let wake = match linger_until {
@@ -944,7 +913,7 @@ mod tests {
     }
 
     fn arrivals(datagrams: &[Vec<u8>]) -> Arrivals {
-        let mut a = Arrivals::new();
+        let mut a = Arrivals::default();
         let mut hasher = Sha256::new();
         for d in datagrams {
             a.add(&mut hasher, d);
@@ -962,18 +931,22 @@ mod tests {
     }
 
     #[test]
-    fn arrivals_are_intact_only_whole_once_and_in_order() {
+    fn arrivals_are_intact_only_whole_once_and_in_order_and_whole_once_in_any_order() {
         let d = |seq| datagram(7, seq).to_vec();
         // Losses are allowed: what arrived is checked.
         assert!(arrivals(&[d(0), d(2), d(5)]).intact(7));
         let reordered = arrivals(&[d(0), d(5), d(2)]);
         assert_eq!(reordered.out_of_order, 1);
         assert!(!reordered.intact(7));
+        assert!(reordered.whole_once(7));
+        assert!(!arrivals(&[d(0), d(2), d(2)]).whole_once(7));
         assert!(!arrivals(&[d(0), d(2), d(2)]).intact(7));
         let mut bad = d(3);
         bad[100] ^= 1;
-        assert!(!arrivals(&[d(0), bad]).intact(7));
+        assert!(!arrivals(&[d(0), bad.clone()]).intact(7));
+        assert!(!arrivals(&[d(0), bad]).whole_once(7));
         assert!(!arrivals(&[d(0), vec![1, 2, 3]]).intact(7));
         assert!(!arrivals(&[d(0)]).intact(8));
+        assert!(!arrivals(&[d(0)]).whole_once(8));
     }
 }

@@ -9,7 +9,8 @@
 //!   hold, return-routability budgets.
 //! - [`nudge`]: make the local TCP stack send its current ACK for a flow at once.
 //! - [`tun`]: the userspace data plane (TUN devices, policy routing, tc diversion)
-//!   around the simulator's packet logic: the fallback, and the base of tunnel mode.
+//!   around roam-core's packet logic (shared with the simulator): the fallback, and
+//!   the base of tunnel mode.
 //! - [`tcbpf`]: the same flow translation as a tc-BPF program (measured against
 //!   [`nft`] by `roam bench dataplane`; not the plane roamd uses).
 

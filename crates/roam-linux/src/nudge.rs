@@ -124,9 +124,7 @@ pub enum NudgeError {
 /// Raw sockets that inject nudge segments into this host's (or a namespace's) stack.
 #[derive(Debug)]
 pub struct Nudger {
-    v4: Socket,
-    /// `None` when IPv6 is disabled in the namespace.
-    v6: Option<Socket>,
+    raw: RawSockets,
     /// Sequence numbers of successive segments (any value works, see the module docs;
     /// varying it keeps two nudges from looking like one retransmitted segment in a
     /// capture).
@@ -136,20 +134,14 @@ pub struct Nudger {
 impl Nudger {
     /// Opens the raw sockets in the caller's network namespace.
     pub fn open() -> Result<Nudger, NudgeError> {
-        let v4 = raw_socket(Domain::IPV4).map_err(|source| NudgeError::Open {
+        // The kernel does not check the source address of such packets, which is what
+        // lets the segment claim to come from the peer.
+        let raw = RawSockets::open(Some(NUDGE_MARK), "nudged").map_err(|source| NudgeError::Open {
             family: "IPv4",
             source,
         })?;
-        let v6 = match raw_socket(Domain::IPV6) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "no raw IPv6 socket: IPv6 flows will not be nudged");
-                None
-            }
-        };
         Ok(Nudger {
-            v4,
-            v6,
+            raw,
             seq: AtomicU32::new(0x5eed_0001),
         })
     }
@@ -174,10 +166,7 @@ impl Nudger {
         let seq = self.seq.fetch_add(0x0101_0101, Ordering::Relaxed);
         let pkt = segment(original, seq)?;
         let dst = canonical(original.local.ip());
-        let sock = match dst {
-            IpAddr::V4(_) => &self.v4,
-            IpAddr::V6(_) => self.v6.as_ref().ok_or(NudgeError::NoIpv6(*original))?,
-        };
+        let sock = self.raw.to(dst).ok_or(NudgeError::NoIpv6(*original))?;
         // Raw sockets ignore the port, except that IPv6 wants 0 or the socket's protocol
         // (raw(7), ipv6(7)).
         let dst = SockAddr::from(SocketAddr::new(dst, 0));
@@ -220,18 +209,51 @@ pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
-/// A raw socket that takes whole IP packets (`IPPROTO_RAW` implies `IP_HDRINCL` for
-/// IPv4, raw(7), and header inclusion for IPv6 too, raw(7)/ipv6(7)), marked with
-/// [`NUDGE_MARK`]. The kernel does not check the source address of such packets, which
-/// is what lets the segment claim to come from the peer.
-fn raw_socket(domain: Domain) -> io::Result<Socket> {
-    let s = Socket::new(
-        domain,
-        Type::RAW,
-        Some(socket2::Protocol::from(libc::IPPROTO_RAW)),
-    )?;
-    s.set_mark(NUDGE_MARK)?;
-    Ok(s)
+/// Raw sockets that send whole IP packets, one per family (`IPPROTO_RAW` implies
+/// `IP_HDRINCL` for IPv4, raw(7), and header inclusion for IPv6 too, raw(7)/ipv6(7)).
+/// Send-only: an `IPPROTO_RAW` socket receives nothing (raw(7)). Used by the nudger
+/// and by the TUN plane's egress.
+#[derive(Debug)]
+pub(crate) struct RawSockets {
+    v4: Socket,
+    /// `None` when IPv6 is disabled in the namespace.
+    v6: Option<Socket>,
+}
+
+impl RawSockets {
+    /// Opens both in the calling thread's network namespace, each packet marked with
+    /// `mark` (`SO_MARK`) if given. Only the IPv4 socket is required; without the IPv6
+    /// one, IPv6 flows will not be `what` (said once, in the log).
+    pub(crate) fn open(mark: Option<u32>, what: &str) -> io::Result<RawSockets> {
+        let open = |domain| -> io::Result<Socket> {
+            let s = Socket::new(
+                domain,
+                Type::RAW,
+                Some(socket2::Protocol::from(libc::IPPROTO_RAW)),
+            )?;
+            if let Some(m) = mark {
+                s.set_mark(m)?;
+            }
+            Ok(s)
+        };
+        let v4 = open(Domain::IPV4)?;
+        let v6 = match open(Domain::IPV6) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "no raw IPv6 socket: IPv6 flows will not be {what}");
+                None
+            }
+        };
+        Ok(RawSockets { v4, v6 })
+    }
+
+    /// The socket for packets to `dst`, if there is one for its family.
+    pub(crate) fn to(&self, dst: IpAddr) -> Option<&Socket> {
+        match dst {
+            IpAddr::V4(_) => Some(&self.v4),
+            IpAddr::V6(_) => self.v6.as_ref(),
+        }
+    }
 }
 
 /// Runs `f` on a short-lived thread that has entered the network namespace at `path`

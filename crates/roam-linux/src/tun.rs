@@ -131,8 +131,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use roam_core::plane::{PacketPlane, PlaneCounters, Verdicts};
-use roam_core::translate::{AddressMapping, FlowMapping, Protocol, Side, TableError, Tuple};
+use roam_core::plane::{PacketPlane, PlaneCounters, Verdicts, ip_addrs};
+use roam_core::translate::{
+    AddressMapping, Direction, FlowMapping, Protocol, Side, TableChange, TableError, Tuple,
+};
 use roam_core::{ConflictDirection, DataPlane, DataPlaneCommand, Instant};
 use rtnetlink::packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
@@ -150,13 +152,13 @@ use rtnetlink::packet_route::tc::{
 };
 use rtnetlink::packet_route::{AddressFamily, IpProtocol, RouteNetlinkMessage};
 use serde::Serialize;
-use socket2::{Domain, SockAddr, Socket, Type};
+use socket2::{SockAddr, Socket};
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use crate::netlink::ROAM_ADDRESS_PROTO;
 use crate::nft::canon_change;
-use crate::nudge::{NudgeError, Nudger, in_netns};
+use crate::nudge::{NudgeError, Nudger, RawSockets, in_netns};
 
 /// The device the stack sees: translated flows are routed into it, and translated
 /// packets from the wire come out of it.
@@ -181,6 +183,8 @@ const QUEUE_LEN: u32 = 2000;
 const POLL_MS: i32 = 100;
 /// Packets read from one device before the other gets its turn.
 const BURST: usize = 64;
+/// Packet buffers the packet thread keeps for reuse: a burst's worth each way.
+const SPARE: usize = 2 * BURST;
 /// How long one netlink request may take before it is given up.
 const NETLINK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -345,9 +349,8 @@ struct Shared {
     stack: File,
     /// `roam0d`: read what tc diverted into it.
     divert: File,
-    raw4: Socket,
-    /// `None` when IPv6 is disabled in the namespace.
-    raw6: Option<Socket>,
+    /// Translated packets leave by these, routed by their new addresses.
+    raw: RawSockets,
     stats: Stats,
     /// Conflicts found since the driver last asked.
     conflicts: Mutex<Vec<(ConflictDirection, Tuple)>>,
@@ -366,41 +369,6 @@ impl Shared {
         p
     }
 
-    /// A packet the stack sent (a translated flow's, by the rule that routed it here).
-    fn on_stack_packet(&self, pkt: Vec<u8>) {
-        let (verdict, out) = {
-            let mut p = self.plane();
-            // Counted under the lock, as the logic's own counters are: a snapshot
-            // taken under it sees both or neither.
-            bump(&self.stats.from_stack);
-            let v = p.egress(pkt);
-            (v, std::mem::take(&mut p.to_wire))
-        };
-        self.send_all(out);
-        match verdict {
-            Verdicts::Forward(p) => self.send_wire(&p),
-            Verdicts::Conflict(t, _) => self.conflict(ConflictDirection::Egress, t),
-            Verdicts::Held | Verdicts::Dropped => {}
-        }
-    }
-
-    /// A packet from the wire (diverted by tc: it matched a current tuple).
-    fn on_wire_packet(&self, pkt: Vec<u8>) {
-        let (verdict, out) = {
-            let mut p = self.plane();
-            bump(&self.stats.from_wire);
-            let v = p.ingress(pkt);
-            (v, std::mem::take(&mut p.to_wire))
-        };
-        match verdict {
-            Verdicts::Forward(p) => self.write_stack(&p),
-            Verdicts::Conflict(t, _) => self.conflict(ConflictDirection::Ingress, t),
-            Verdicts::Held | Verdicts::Dropped => {}
-        }
-        // What arrived may have raised a budget: send what now fits.
-        self.send_all(out);
-    }
-
     /// Seed 000 ¶0069: the endpoint decides (a remap); the packet is dropped meanwhile
     /// (only a SYN or a UDP datagram gets here, and its sender sends it again).
     fn conflict(&self, direction: ConflictDirection, tuple: Tuple) {
@@ -412,27 +380,15 @@ impl Shared {
         }
     }
 
-    fn send_all(&self, pkts: Vec<Vec<u8>>) {
-        for p in pkts {
-            self.send_wire(&p);
-        }
-    }
-
     /// Sends a translated packet to the wire: the kernel routes it by its addresses.
     fn send_wire(&self, pkt: &[u8]) {
         let Some((src, dst)) = ip_addrs(pkt) else {
             bump(&self.stats.send_errors);
             return;
         };
-        let sock = match dst {
-            IpAddr::V4(_) => &self.raw4,
-            IpAddr::V6(_) => match &self.raw6 {
-                Some(s) => s,
-                None => {
-                    bump(&self.stats.send_errors);
-                    return;
-                }
-            },
+        let Some(sock) = self.raw.to(dst) else {
+            bump(&self.stats.send_errors);
+            return;
         };
         match send_raw(sock, pkt, src, dst) {
             Ok(()) => bump(&self.stats.to_wire),
@@ -466,6 +422,7 @@ impl Shared {
     /// The packet thread: reads both devices until told to stop.
     fn run(&self) {
         let mut buf = vec![0u8; 1 << 16];
+        let mut burst = Burst::default();
         while !self.stop.load(Ordering::Relaxed) {
             let mut fds = [
                 libc::pollfd {
@@ -489,11 +446,13 @@ impl Shared {
                 }
                 continue;
             }
+            // What is read from `roam0` left the stack, what is read from `roam0d`
+            // came from the wire (module docs).
             if fds[0].revents != 0 {
-                self.drain(&self.stack, &mut buf, true);
+                self.burst(&self.stack, Direction::Egress, &mut buf, &mut burst);
             }
             if fds[1].revents != 0 {
-                self.drain(&self.divert, &mut buf, false);
+                self.burst(&self.divert, Direction::Ingress, &mut buf, &mut burst);
             }
             // A device in error (it should not be: roamd owns both) must not spin.
             let broken = libc::POLLERR | libc::POLLHUP | libc::POLLNVAL;
@@ -504,28 +463,92 @@ impl Shared {
         }
     }
 
-    /// Reads up to [`BURST`] packets from one device.
-    fn drain(&self, mut dev: &File, buf: &mut [u8], stack: bool) {
+    /// Reads up to [`BURST`] packets from one device, pushes them through the packet
+    /// logic under one lock and one reading of the clock, then sends and writes what
+    /// came out with the lock released (the command side waits for no I/O). Egress: a
+    /// translated flow's packets, by the rule that routed them into `roam0`; ingress:
+    /// packets diverted by tc (they matched a current tuple).
+    fn burst(&self, mut dev: &File, direction: Direction, buf: &mut [u8], b: &mut Burst) {
         for _ in 0..BURST {
             match dev.read(buf) {
-                Ok(0) => return,
+                Ok(0) => break,
                 Ok(n) => {
-                    let pkt = buf[..n].to_vec();
-                    if stack {
-                        self.on_stack_packet(pkt);
-                    } else {
-                        self.on_wire_packet(pkt);
-                    }
+                    let mut pkt = b.spare.pop().unwrap_or_default();
+                    pkt.clear();
+                    pkt.extend_from_slice(&buf[..n]);
+                    b.read.push(pkt);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     bump(&self.stats.read_errors);
                     debug!("reading a TUN device: {e}");
-                    return;
+                    break;
                 }
             }
         }
+        if b.read.is_empty() {
+            return;
+        }
+        let (read, conflict) = match direction {
+            Direction::Egress => (&self.stats.from_stack, ConflictDirection::Egress),
+            Direction::Ingress => (&self.stats.from_wire, ConflictDirection::Ingress),
+        };
+        {
+            let mut p = self.plane();
+            // Counted under the lock, as the logic's own counters are: a snapshot
+            // taken under it sees both or neither.
+            read.fetch_add(b.read.len() as u64, Ordering::Relaxed);
+            for pkt in b.read.drain(..) {
+                let verdict = match direction {
+                    Direction::Egress => p.egress(pkt),
+                    Direction::Ingress => p.ingress(pkt),
+                };
+                // What arrived may have raised a budget: what now fits goes too.
+                b.to_wire.append(&mut p.to_wire);
+                match (verdict, direction) {
+                    (Verdicts::Forward(pkt), Direction::Egress) => b.to_wire.push(pkt),
+                    (Verdicts::Forward(pkt), Direction::Ingress) => b.to_stack.push(pkt),
+                    (Verdicts::Conflict(t, pkt), _) => {
+                        b.conflicts.push(t);
+                        recycle(&mut b.spare, pkt);
+                    }
+                    (Verdicts::Held | Verdicts::Dropped, _) => {}
+                }
+            }
+        }
+        for t in b.conflicts.drain(..) {
+            self.conflict(conflict, t);
+        }
+        for pkt in b.to_stack.drain(..) {
+            self.write_stack(&pkt);
+            recycle(&mut b.spare, pkt);
+        }
+        for pkt in b.to_wire.drain(..) {
+            self.send_wire(&pkt);
+            recycle(&mut b.spare, pkt);
+        }
+    }
+}
+
+/// The packet thread's buffers, kept from one burst to the next: once warm, a packet
+/// costs no allocation (the logic takes packets by value and hands them back).
+#[derive(Default)]
+struct Burst {
+    /// Packets read, waiting for the lock.
+    read: Vec<Vec<u8>>,
+    /// What the logic sent on: to the wire (raw socket), to the stack (`roam0`).
+    to_wire: Vec<Vec<u8>>,
+    to_stack: Vec<Vec<u8>>,
+    /// Conflicts found, handed to the command side once the lock is released.
+    conflicts: Vec<Tuple>,
+    /// Emptied packet buffers, for the next reads (at most [`SPARE`]).
+    spare: Vec<Vec<u8>>,
+}
+
+fn recycle(spare: &mut Vec<Vec<u8>>, pkt: Vec<u8>) {
+    if spare.len() < SPARE {
+        spare.push(pkt);
     }
 }
 
@@ -564,8 +587,7 @@ impl TunDataPlane {
             divert,
             stack_ifindex,
             divert_ifindex,
-            raw4,
-            raw6,
+            raw,
             rtnl,
             nudger,
         } = opened;
@@ -588,8 +610,7 @@ impl TunDataPlane {
             stop: AtomicBool::new(false),
             stack,
             divert,
-            raw4,
-            raw6,
+            raw,
             stats: Stats::default(),
             conflicts: Mutex::new(Vec::new()),
         });
@@ -645,6 +666,12 @@ impl TunDataPlane {
                     self.counters.refused_commands += 1;
                     debug!(command = ?c, "refused: {e}");
                     first_error.get_or_insert(TunError::Table(e));
+                } else if let DataPlaneCommand::Table(TableChange::RemoveFlow { original }) = c {
+                    // This plane sees a flow's packets only while it has an entry: what
+                    // the logic kept of it (the peer's last segment, recent data for a
+                    // resend) would never be renewed nor freed. (The simulator, which
+                    // sees every packet, forgets a flow when its stack closes it.)
+                    p.forget(&original);
                 }
             }
             let (rules, divert) = desired(&p);
@@ -656,7 +683,9 @@ impl TunDataPlane {
         if let Err(e) = self.kernel.reconcile(&rules, &divert) {
             first_error.get_or_insert(e);
         }
-        self.shared.send_all(out);
+        for pkt in out {
+            self.shared.send_wire(&pkt);
+        }
         for (original, fast_retransmit) in nudges {
             self.nudge(&original, fast_retransmit);
         }
@@ -788,8 +817,7 @@ struct Opened {
     divert: File,
     stack_ifindex: u32,
     divert_ifindex: u32,
-    raw4: Socket,
-    raw6: Option<Socket>,
+    raw: RawSockets,
     rtnl: Rtnl,
     nudger: Option<Nudger>,
 }
@@ -811,17 +839,11 @@ impl Opened {
         };
         let stack_ifindex = index(&config.ifname)?;
         let divert_ifindex = index(&config.divert_ifname)?;
-        let raw4 = raw_socket(Domain::IPV4).map_err(|source| TunError::Raw {
+        // Unmarked: translated packets are ordinary output of the host.
+        let raw = RawSockets::open(None, "translated").map_err(|source| TunError::Raw {
             family: "IPv4",
             source,
         })?;
-        let raw6 = match raw_socket(Domain::IPV6) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                warn!("no raw IPv6 socket: IPv6 flows will not be translated: {e}");
-                None
-            }
-        };
         let rtnl = Rtnl::open().map_err(|source| TunError::Netlink {
             what: "opening a netlink route socket".into(),
             source,
@@ -832,8 +854,7 @@ impl Opened {
             divert,
             stack_ifindex,
             divert_ifindex,
-            raw4,
-            raw6,
+            raw,
             rtnl,
             nudger,
         })
@@ -878,18 +899,6 @@ fn open_tun(name: &str) -> Result<File, TunError> {
         return Err(err(io::Error::last_os_error()));
     }
     Ok(f)
-}
-
-/// A raw socket that sends whole IP packets (`IPPROTO_RAW` implies header inclusion,
-/// raw(7); for IPv6 too). Never receives (raw(7): IPPROTO_RAW is send-only).
-fn raw_socket(domain: Domain) -> io::Result<Socket> {
-    let s = Socket::new(
-        domain,
-        Type::RAW,
-        Some(socket2::Protocol::from(libc::IPPROTO_RAW)),
-    )?;
-    s.set_nonblocking(false)?;
-    Ok(s)
 }
 
 /// Sends `pkt` (a whole IP packet) to `dst`, routed as a packet from `src` would be
@@ -969,23 +978,6 @@ fn sendmsg_with_source(sock: &Socket, pkt: &[u8], addr: &SockAddr, src: IpAddr) 
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// A packet's source and destination addresses, if it has an IP header.
-fn ip_addrs(pkt: &[u8]) -> Option<(IpAddr, IpAddr)> {
-    match pkt.first()? >> 4 {
-        4 if pkt.len() >= 20 => {
-            let s: [u8; 4] = pkt[12..16].try_into().ok()?;
-            let d: [u8; 4] = pkt[16..20].try_into().ok()?;
-            Some((s.into(), d.into()))
-        }
-        6 if pkt.len() >= 40 => {
-            let s: [u8; 16] = pkt[8..24].try_into().ok()?;
-            let d: [u8; 16] = pkt[24..40].try_into().ok()?;
-            Some((s.into(), d.into()))
-        }
-        _ => None,
-    }
 }
 
 /// What an `ip rule` matches: a packet as the local stack sends it.

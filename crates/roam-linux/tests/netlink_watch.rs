@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use roam_linux::netlink::{self, Family, LocalAddress, NetEvent, NetWatcher, Retained, Scope};
-use support::{Netns, netns_available};
+use support::{Netns, netns_available, veth};
 use tokio::time::timeout;
 
 const STEP: Duration = Duration::from_secs(5);
@@ -246,9 +246,7 @@ fn dump_addresses_sees_both_families() {
         return;
     }
     let ns = Netns::new();
-    ns.ip("link add w0 type veth peer name w1");
-    ns.ip("link set w0 up");
-    ns.ip("link set w1 up");
+    veth(&ns, "w0", &ns, "w1");
     ns.ip("addr add 10.9.1.1/24 dev w0");
     ns.ip("addr add fd09:1::1/64 dev w0 nodad");
     ns.ip("addr add 169.254.3.3/16 dev w1");
@@ -278,9 +276,7 @@ fn resync_reports_differences_once() {
         return;
     }
     let ns = Netns::new();
-    ns.ip("link add w0 type veth peer name w1");
-    ns.ip("link set w0 up");
-    ns.ip("link set w1 up");
+    veth(&ns, "w0", &ns, "w1");
     ns.ip("addr add 10.9.2.1/24 dev w0");
     ns.block_on(|| async {
         let mut w = NetWatcher::new().await.expect("watcher");

@@ -11,6 +11,7 @@ use common_nft::*;
 use roam_core::translate::{Protocol, TableChange};
 use roam_core::{DataPlane, DataPlaneCommand};
 use roam_linux::nft::{NftConfig, NftDataPlane};
+use support::wait_for;
 
 #[test]
 fn the_previous_current_tuple_drains_then_stops() {
@@ -84,14 +85,14 @@ fn maintain_compacts_without_changing_the_translation() {
         return;
     }
     let a = V4;
-    let lab = Lab::new(a);
-    let mut px = lab.x.plane();
-    let mut py = lab.y.plane();
-    let ux = udp_socket(&lab.x, sa(a.x1, 41000));
-    let uy = udp_socket(&lab.y, sa(a.y, 5353));
+    let TwoPlanes { lab, mut px, mut py } = TwoPlanes::open(a, |ns, _| ns.plane());
+    let UdpFlow {
+        ux,
+        uy,
+        original,
+        current,
+    } = UdpFlow::open(&lab, 41000);
     lab.move_x();
-    let original = tuple(Protocol::Udp, sa(a.x1, 41000), sa(a.y, 5353));
-    let current = tuple(Protocol::Udp, sa(a.x2, 41000), sa(a.y, 5353));
     install_move(&mut px, &mut py, original, current, true);
     px.apply(&install(original, current, false)).unwrap();
     py.apply(&DataPlaneCommand::Unvalidated {

@@ -19,29 +19,27 @@ fn a_held_flow_sends_nothing_until_released() {
         return;
     }
     let a = V4;
-    let lab = Lab::new(a);
-    let mut px = lab.x.plane();
-    let mut py = lab.y.plane();
-    let from = sa(a.x1, 40000);
-    let to = sa(a.y, 5001);
+    let TwoPlanes { lab, mut px, mut py } = TwoPlanes::open(a, |ns, _| ns.plane());
     let total = 4 << 20;
-    let stream = Stream::start(&lab, from, to, total, 32 << 10, Duration::from_millis(5));
-    stream.wait_received(512 << 10, Duration::from_secs(5));
+    let s = lab.stream(StreamSpec {
+        total,
+        before_move: 512 << 10,
+        ..StreamSpec::default()
+    });
     lab.move_x();
     lab.cut_old_path();
-    let original = tuple(Protocol::Tcp, from, to);
-    let current = tuple(Protocol::Tcp, sa(a.x2, 40000), to);
+    let (original, current) = (s.original, s.current);
     install_move(&mut px, &mut py, original, current, true);
     // Whatever was in flight lands; from then on, nothing.
     std::thread::sleep(Duration::from_millis(150));
     let (r0, y0) = (
-        stream.received.load(Ordering::Relaxed),
+        s.stream.received.load(Ordering::Relaxed),
         py.counters().unwrap().ingress_translated,
     );
     let h0 = px.counters().unwrap().hold_dropped;
     std::thread::sleep(Duration::from_millis(600));
     let (r1, y1) = (
-        stream.received.load(Ordering::Relaxed),
+        s.stream.received.load(Ordering::Relaxed),
         py.counters().unwrap().ingress_translated,
     );
     let h1 = px.counters().unwrap().hold_dropped;
@@ -54,9 +52,7 @@ fn a_held_flow_sends_nothing_until_released() {
     assert!(r1 < total);
     // Released: the peer confirmed.
     px.apply(&install(original, current, false)).unwrap();
-    let (sent, got) = stream.finish(Duration::from_secs(20));
-    assert_eq!((&sent.error, &got.error), (&None, &None));
-    assert_eq!((got.bytes, &got.sha256), (total, &sent.sha256));
+    s.finish_intact(Duration::from_secs(20));
     assert!(px.counters().unwrap().egress_translated.packets > 0);
 }
 
@@ -69,14 +65,14 @@ fn an_unvalidated_address_gets_a_budget_until_validated() {
         return;
     }
     let a = V4;
-    let lab = Lab::new(a);
-    let mut px = lab.x.plane();
-    let mut py = lab.y.plane();
-    let ux = udp_socket(&lab.x, sa(a.x1, 41000));
-    let uy = udp_socket(&lab.y, sa(a.y, 5353));
+    let TwoPlanes { lab, mut px, mut py } = TwoPlanes::open(a, |ns, _| ns.plane());
+    let UdpFlow {
+        ux,
+        uy,
+        original,
+        current,
+    } = UdpFlow::open(&lab, 41000);
     lab.move_x();
-    let original = tuple(Protocol::Udp, sa(a.x1, 41000), sa(a.y, 5353));
-    let current = tuple(Protocol::Udp, sa(a.x2, 41000), sa(a.y, 5353));
     install_move(&mut px, &mut py, original, current, false);
     py.apply(&DataPlaneCommand::Unvalidated {
         remote: a.x2,

@@ -5,6 +5,7 @@
 mod common_nft;
 mod support;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common_nft::*;
@@ -17,28 +18,18 @@ fn stream_survives_a_move(a: Addrs, new_port: Option<u16>) {
     if !netns_available() {
         return;
     }
-    let lab = Lab::new(a);
-    let mut px = lab.x.plane();
-    let mut py = lab.y.plane();
-    let from = sa(a.x1, 40000);
-    let to = sa(a.y, 5001);
-    let stream = Stream::start(&lab, from, to, 6 << 20, 32 << 10, Duration::from_millis(5));
-    stream.wait_received(1 << 20, Duration::from_secs(5));
-    lab.move_x();
-    lab.cut_old_path();
-    let original = tuple(Protocol::Tcp, from, to);
-    let current = tuple(Protocol::Tcp, sa(a.x2, new_port.unwrap_or(40000)), to);
-    install_move(&mut px, &mut py, original, current, false);
-    let (sent, got) = stream.finish(Duration::from_secs(20));
-    assert_eq!(sent.error, None, "sender: {sent:?}");
-    assert_eq!(got.error, None, "receiver: {got:?}");
-    assert_eq!(sent.bytes, 6 << 20);
-    assert_eq!((got.bytes, &got.sha256), (sent.bytes, &sent.sha256));
-    let (cx, cy) = (px.counters().unwrap(), py.counters().unwrap());
+    let mut t = TwoPlanes::open(a, |ns, _| ns.plane());
+    let s = t.lab.stream(StreamSpec {
+        new_port,
+        ..StreamSpec::default()
+    });
+    t.move_x(s.original, s.current, OldPath::Cut);
+    s.finish_intact(Duration::from_secs(20));
+    let (cx, cy) = (t.px.counters().unwrap(), t.py.counters().unwrap());
     assert!(cx.egress_translated.packets > 0, "{cx:?}");
     assert!(cy.ingress_translated.packets > 0, "{cy:?}");
     assert!(cy.egress_translated.packets > 0 && cx.ingress_translated.packets > 0);
-    assert_eq!(px.entries().flows.len(), 1);
+    assert_eq!(t.px.entries().flows.len(), 1);
     eprintln!("X: {cx:?}\nY: {cy:?}");
 }
 
@@ -64,24 +55,18 @@ fn without_entries_the_stream_stalls_after_the_move() {
     if !netns_available() {
         return;
     }
-    let a = V4;
-    let lab = Lab::new(a);
-    let stream = Stream::start(
-        &lab,
-        sa(a.x1, 40000),
-        sa(a.y, 5001),
-        64 << 20,
-        32 << 10,
-        Duration::from_millis(5),
-    );
-    stream.wait_received(1 << 20, Duration::from_secs(5));
+    let lab = Lab::new(V4);
+    let s = lab.stream(StreamSpec {
+        total: 64 << 20,
+        ..StreamSpec::default()
+    });
     lab.move_x();
     lab.cut_old_path();
     std::thread::sleep(Duration::from_millis(300));
-    let before = stream.received.load(std::sync::atomic::Ordering::Relaxed);
+    let before = s.stream.received.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(1000));
-    let after = stream.received.load(std::sync::atomic::Ordering::Relaxed);
-    stream.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let after = s.stream.received.load(Ordering::Relaxed);
+    s.stream.stop.store(true, Ordering::Relaxed);
     assert_eq!(before, after, "data still arrives without translation entries");
 }
 
@@ -94,55 +79,22 @@ fn udp_with_port_translation(a: Addrs, zero_checksum: bool) {
     }
     let lab = Lab::new(a);
     lab.software_checksums();
-    let mut px = lab.x.plane();
-    let mut py = lab.y.plane();
-    let ux = udp_socket(&lab.x, sa(a.x1, 41000));
-    let uy = udp_socket(&lab.y, sa(a.y, 5353));
+    let mut t = TwoPlanes::on(lab, |ns, _| ns.plane());
+    let u = UdpFlow::open(&t.lab, 41999);
     if zero_checksum {
-        no_udp_checksum(&ux);
-        no_udp_checksum(&uy);
+        u.no_checksums();
     }
-    lab.move_x();
-    lab.cut_old_path();
-    let original = tuple(Protocol::Udp, sa(a.x1, 41000), sa(a.y, 5353));
-    let current = tuple(Protocol::Udp, sa(a.x2, 41999), sa(a.y, 5353));
-    install_move(&mut px, &mut py, original, current, false);
-
-    for i in 0..20u8 {
-        ux.send_to(&[i; 300], sa(a.y, 5353)).unwrap();
-    }
-    let at_y = drain_udp(&uy);
-    assert_eq!(at_y.len(), 20, "datagrams at Y");
-    for (i, (d, from)) in at_y.iter().enumerate() {
-        assert_eq!(*from, sa(a.x1, 41000), "Y's socket sees the original tuple");
-        assert_eq!(d, &vec![i as u8; 300]);
-    }
-    for i in 0..20u8 {
-        uy.send_to(&[i; 200], sa(a.x1, 41000)).unwrap();
-    }
-    let at_x = drain_udp(&ux);
-    assert_eq!(at_x.len(), 20, "datagrams at X");
-    assert!(at_x.iter().all(|(_, from)| *from == sa(a.y, 5353)));
-    let (cx, cy) = (px.counters().unwrap(), py.counters().unwrap());
+    t.move_x(u.original, u.current, OldPath::Cut);
+    // Y's socket sees the original tuple.
+    u.exchange(u.original.local, || {
+        format!("X: {:?}, Y: {:?}", t.px.counters(), t.py.counters())
+    });
+    let (cx, cy) = (t.px.counters().unwrap(), t.py.counters().unwrap());
     assert_eq!(cx.egress_translated.packets, 20, "{cx:?}");
     assert_eq!(cy.ingress_translated.packets, 20, "{cy:?}");
     assert_eq!(cy.egress_translated.packets, 20, "{cy:?}");
     assert_eq!(cx.ingress_translated.packets, 20, "{cx:?}");
-    let group = if a.y.is_ipv6() { "Udp6" } else { "Udp" };
-    let key = if a.y.is_ipv6() {
-        "Udp6InCsumErrors"
-    } else {
-        "InCsumErrors"
-    };
-    let mib = |ns: &Netns| {
-        if a.y.is_ipv6() {
-            ns.mib6(key)
-        } else {
-            ns.mib(group, key)
-        }
-    };
-    assert_eq!(mib(&lab.x), 0);
-    assert_eq!(mib(&lab.y), 0);
+    assert_eq!(t.lab.udp_checksum_errors(), (0, 0));
 }
 
 #[test]
@@ -168,27 +120,23 @@ fn unrelated_flows_are_not_touched() {
         return;
     }
     let a = V4;
-    let lab = Lab::new(a);
-    let mut px = lab.x.plane();
-    let mut py = lab.y.plane();
-    lab.move_x();
-    let original = tuple(Protocol::Udp, sa(a.x1, 41000), sa(a.y, 5353));
-    let current = tuple(Protocol::Udp, sa(a.x2, 41000), sa(a.y, 5353));
-    install_move(&mut px, &mut py, original, current, false);
-    let uy = udp_socket(&lab.y, sa(a.y, 5353));
+    let mut t = TwoPlanes::open(a, |ns, _| ns.plane());
+    let u = UdpFlow::open(&t.lab, 41000);
+    t.lab.move_x();
+    t.install_move(u.original, u.current, false);
     // The same original address, another port; and the new address.
     for from in [sa(a.x1, 41001), sa(a.x2, 42000)] {
-        let u = udp_socket(&lab.x, from);
+        let other = udp_socket(&t.lab.x, from);
         for _ in 0..5 {
-            u.send_to(b"other", sa(a.y, 5353)).unwrap();
+            other.send_to(b"other", sa(a.y, 5353)).unwrap();
         }
-        let got = drain_udp(&uy);
+        let got = drain_udp(&u.uy);
         assert_eq!(got.len(), 5);
         assert!(got.iter().all(|(_, f)| *f == from), "{got:?} from {from}");
     }
     // A TCP connection from the new address, same server port.
     let stream = Stream::start(
-        &lab,
+        &t.lab,
         sa(a.x2, 40000),
         sa(a.y, 5001),
         1 << 20,
@@ -200,15 +148,15 @@ fn unrelated_flows_are_not_touched() {
     let (s, r) = stream.finish(Duration::from_secs(10));
     assert_eq!((s.error, r.error), (None, None));
     assert_eq!(s.sha256, r.sha256);
-    let (cx, cy) = (px.counters().unwrap(), py.counters().unwrap());
+    let (cx, cy) = (t.px.counters().unwrap(), t.py.counters().unwrap());
     assert_eq!(cx.egress_translated.packets, 0, "{cx:?}");
     assert_eq!(cy.ingress_translated.packets, 0, "{cy:?}");
     // Entries can be listed and removed; removing them leaves the plane empty.
-    px.apply(&roam_core::DataPlaneCommand::Table(
-        roam_core::translate::TableChange::RemoveFlow { original },
+    t.px.apply(&roam_core::DataPlaneCommand::Table(
+        roam_core::translate::TableChange::RemoveFlow { original: u.original },
     ))
     .unwrap();
-    assert!(px.entries().flows.is_empty());
+    assert!(t.px.entries().flows.is_empty());
 }
 
 /// Address entries (seed 002's virtual/actual address) translate every flow of the

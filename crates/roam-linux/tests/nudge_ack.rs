@@ -66,9 +66,7 @@ fn nudges_elicit_acks(a: Addrs) {
     if !netns_available() {
         return;
     }
-    let lab = Lab::new(a);
-    let mut px = lab.x.plane();
-    let mut py = lab.y.plane();
+    let TwoPlanes { lab, mut px, mut py } = TwoPlanes::open(a, |ns, _| ns.plane());
     let (from, to) = (sa(a.x1, 40000), sa(a.y, 5001));
     let (_xs, _ys) = idle_connection(&lab, from, to);
     lab.move_x();

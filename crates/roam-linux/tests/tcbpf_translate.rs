@@ -10,16 +10,16 @@
 //! ingress runs before netfilter's prerouting and tc egress after postrouting, so that
 //! table would see the translated packets. The capture is the check instead.
 
-mod common_nft;
 mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common_nft::*;
-use roam_core::translate::{FlowMapping, Protocol, TableChange, Tuple};
+use roam_core::translate::{FlowMapping, Protocol, TableChange};
 use roam_core::{DataPlane, DataPlaneCommand};
 use roam_linux::tcbpf::{KernelEntries, TcBpfConfig, TcBpfDataPlane, TcBpfError};
+use support::two_hosts::*;
+use support::{Netns, netns_available, veth};
 
 /// Whether the BPF object is in this build. Without clang the tests fail with a clear
 /// message, unless `ROAM_SKIP_BPF=1` asks to skip them.
@@ -50,15 +50,9 @@ fn plane(ns: &Netns, iface: &str, max_flows: u32) -> TcBpfDataPlane {
     .expect("open the tc-BPF data plane")
 }
 
-fn planes(lab: &Lab) -> (TcBpfDataPlane, TcBpfDataPlane) {
-    (plane(&lab.x, &lab.x_if, 1024), plane(&lab.y, &lab.y_if, 1024))
-}
-
-/// Y's entry first, then X's, as an oracle would (see common_nft::install_move).
-fn install_move(px: &mut TcBpfDataPlane, py: &mut TcBpfDataPlane, x_orig: Tuple, x_cur: Tuple, hold_x: bool) {
-    py.apply(&install(x_orig.reversed(), x_cur.reversed(), false))
-        .expect("Y's entry");
-    px.apply(&install(x_orig, x_cur, hold_x)).expect("X's entry");
+/// A plane on each host of `lab`, on its link, with room for 1024 flows.
+fn planes(lab: Lab) -> TwoPlanes<TcBpfDataPlane> {
+    TwoPlanes::on(lab, |ns, link| plane(ns, link, 1024))
 }
 
 /// The kernel's maps say what the mirror says: an egress element for every entry that
@@ -110,26 +104,20 @@ fn stream_survives_a_move(a: Addrs, new_port: Option<u16>) {
         lab.software_checksums();
     }
     // Attached before the stream starts, with empty maps: untranslated traffic passes.
-    let (mut px, mut py) = planes(&lab);
-    let from = sa(a.x1, 40000);
-    let to = sa(a.y, 5001);
-    let stream = Stream::start(&lab, from, to, 8 << 20, 32 << 10, Duration::from_millis(5));
-    stream.wait_received(1 << 20, Duration::from_secs(5));
-    assert_eq!(px.counters().unwrap().egress_translated.packets, 0);
-    let capture = Capture::open(&lab.y, &lab.y_if);
-    lab.move_x();
-    let original = tuple(Protocol::Tcp, from, to);
-    let current_local = sa(a.x2, new_port.unwrap_or(40000));
-    let current = tuple(Protocol::Tcp, current_local, to);
-    install_move(&mut px, &mut py, original, current, false);
+    let mut t = planes(lab);
+    let s = t.lab.stream(StreamSpec {
+        total: 8 << 20,
+        new_port,
+        ..StreamSpec::default()
+    });
+    assert_eq!(t.px.counters().unwrap().egress_translated.packets, 0);
+    let capture = Capture::open(&t.lab.y, &t.lab.y_if);
+    t.move_x(s.original, s.current, OldPath::Kept);
     // Segments already on their way under the old tuple are not the plane's business.
     std::thread::sleep(Duration::from_millis(50));
     capture.clear();
-    let (sent, got) = stream.finish(Duration::from_secs(20));
-    assert_eq!(sent.error, None, "sender: {sent:?}");
-    assert_eq!(got.error, None, "receiver: {got:?}");
-    assert_eq!(sent.bytes, 8 << 20);
-    assert_eq!((got.bytes, &got.sha256), (sent.bytes, &sent.sha256));
+    let current_local = s.current.local;
+    s.finish_intact(Duration::from_secs(20));
 
     let wire = wire_segments(&capture, 5001, Duration::from_millis(300));
     assert!(wire.len() > 10, "segments after the move: {}", wire.len());
@@ -140,17 +128,17 @@ fn stream_survives_a_move(a: Addrs, new_port: Option<u16>) {
     assert!(wire.iter().any(|(s, _)| *s == current_local), "X -> Y seen");
     assert!(wire.iter().any(|(_, d)| *d == current_local), "Y -> X seen");
 
-    let (cx, cy) = (px.counters().unwrap(), py.counters().unwrap());
+    let (cx, cy) = (t.px.counters().unwrap(), t.py.counters().unwrap());
     assert!(cx.egress_translated.packets > 0, "{cx:?}");
     assert!(cy.ingress_translated.packets > 0, "{cy:?}");
     assert!(cy.egress_translated.packets > 0 && cx.ingress_translated.packets > 0);
     assert_eq!((cx.errors.packets, cy.errors.packets), (0, 0));
     // (TCP over IPv6 counts in the same MIB.)
     let csum_errors = |ns: &Netns| ns.mib("Tcp", "InCsumErrors");
-    assert_eq!((csum_errors(&lab.x), csum_errors(&lab.y)), (0, 0));
-    assert_eq!(px.entries().len(), 1);
-    assert_in_step(&px);
-    assert_eq!(px.kernel_entries().unwrap().egress.len(), 1);
+    assert_eq!((csum_errors(&t.lab.x), csum_errors(&t.lab.y)), (0, 0));
+    assert_eq!(t.px.entries().len(), 1);
+    assert_in_step(&t.px);
+    assert_eq!(t.px.kernel_entries().unwrap().egress.len(), 1);
     eprintln!("X: {cx:?}\nY: {cy:?}");
 }
 
@@ -188,78 +176,46 @@ fn udp_with_port_translation(a: Addrs, zero_checksum: bool) {
     }
     let lab = Lab::new(a);
     lab.software_checksums();
-    let (mut px, mut py) = planes(&lab);
-    let ux = udp_socket(&lab.x, sa(a.x1, 41000));
-    let uy = udp_socket(&lab.y, sa(a.y, 5353));
+    let mut t = planes(lab);
+    let u = UdpFlow::open(&t.lab, 41999);
     if zero_checksum {
-        no_udp_checksum(&ux);
-        no_udp_checksum(&uy);
+        u.no_checksums();
     }
+    let (x, y) = (u.original.local, u.original.remote);
     // The flow exists before the move (one datagram each way), and so do the neighbour
     // entries: tc egress runs after neighbour resolution, which is for the *original*
     // addresses, and an IPv6 host answers neighbour solicitations only for addresses of
     // the interface asked (x1 will be on `lo`). A TCP flow keeps its entries confirmed
     // by its ACKs; see the module docs of roam_linux::tcbpf.
-    ux.send_to(b"before", sa(a.y, 5353)).unwrap();
-    assert_eq!(drain_udp(&uy).len(), 1);
-    uy.send_to(b"before", sa(a.x1, 41000)).unwrap();
-    assert_eq!(drain_udp(&ux).len(), 1);
-    lab.move_x();
-    let original = tuple(Protocol::Udp, sa(a.x1, 41000), sa(a.y, 5353));
-    let current = tuple(Protocol::Udp, sa(a.x2, 41999), sa(a.y, 5353));
-    let capture = Capture::open(&lab.y, &lab.y_if);
-    let exchange = |px: &TcBpfDataPlane, py: &TcBpfDataPlane, y_sees: SocketAddr| {
-        for i in 0..20u8 {
-            ux.send_to(&[i; 300], sa(a.y, 5353)).unwrap();
-        }
-        let at_y = drain_udp(&uy);
-        assert_eq!(
-            at_y.len(),
-            20,
-            "datagrams at Y; X: {:?}, Y: {:?}",
-            px.counters(),
-            py.counters()
-        );
-        for (i, (d, from)) in at_y.iter().enumerate() {
-            assert_eq!(*from, y_sees);
-            assert_eq!(d, &vec![i as u8; 300]);
-        }
-        for i in 0..20u8 {
-            uy.send_to(&[i; 200], y_sees).unwrap();
-        }
-        let at_x = drain_udp(&ux);
-        assert_eq!(at_x.len(), 20, "datagrams at X");
-        assert!(at_x.iter().all(|(_, from)| *from == sa(a.y, 5353)));
-    };
-    px.apply(&install(original, current, false)).unwrap();
-    exchange(&px, &py, sa(a.x2, 41999));
-    py.apply(&install(original.reversed(), current.reversed(), false))
+    u.ux.send_to(b"before", y).unwrap();
+    assert_eq!(drain_udp(&u.uy).len(), 1);
+    u.uy.send_to(b"before", x).unwrap();
+    assert_eq!(drain_udp(&u.ux).len(), 1);
+    t.lab.move_x();
+    let capture = Capture::open(&t.lab.y, &t.lab.y_if);
+    let counters =
+        |t: &TwoPlanes<TcBpfDataPlane>| format!("X: {:?}, Y: {:?}", t.px.counters(), t.py.counters());
+    t.px.apply(&install(u.original, u.current, false)).unwrap();
+    u.exchange(u.current.local, || counters(&t));
+    t.py.apply(&install(u.original.reversed(), u.current.reversed(), false))
         .unwrap();
-    exchange(&px, &py, sa(a.x1, 41000));
+    u.exchange(x, || counters(&t));
     // On the wire, both ways, both times: X's current end only.
     let mut seen = 0;
     while let Some(r) = capture.find(Duration::from_millis(300), |r| {
         r.protocol == roam_lab::capture::Protocol::Udp
     }) {
         let x_end = if r.src.port() == 5353 { r.dst } else { r.src };
-        assert_eq!(x_end, sa(a.x2, 41999));
+        assert_eq!(x_end, u.current.local);
         seen += 1;
     }
     assert_eq!(seen, 80, "datagrams on the wire");
-    let (cx, cy) = (px.counters().unwrap(), py.counters().unwrap());
+    let (cx, cy) = (t.px.counters().unwrap(), t.py.counters().unwrap());
     assert_eq!(cx.egress_translated.packets, 40, "{cx:?}");
     assert_eq!(cx.ingress_translated.packets, 40, "{cx:?}");
     assert_eq!(cy.ingress_translated.packets, 20, "{cy:?}");
     assert_eq!(cy.egress_translated.packets, 20, "{cy:?}");
-    let mib = |ns: &Netns| {
-        if a.y.is_ipv6() {
-            ns.mib6("Udp6InCsumErrors")
-        } else {
-            ns.mib("Udp", "InCsumErrors")
-        }
-    };
-    assert_eq!(mib(&lab.x), 0);
-    assert_eq!(mib(&lab.y), 0);
+    assert_eq!(t.lab.udp_checksum_errors(), (0, 0));
 }
 
 #[test]
@@ -285,13 +241,14 @@ fn hold_drops_until_released_and_remove_stops_translating() {
         return;
     }
     let a = V4;
-    let lab = Lab::new(a);
-    let (mut px, mut py) = planes(&lab);
-    let ux = udp_socket(&lab.x, sa(a.x1, 41000));
-    let uy = udp_socket(&lab.y, sa(a.y, 5353));
+    let TwoPlanes { lab, mut px, mut py } = planes(Lab::new(a));
+    let UdpFlow {
+        ux,
+        uy,
+        original,
+        current,
+    } = UdpFlow::open(&lab, 41000);
     lab.move_x();
-    let original = tuple(Protocol::Udp, sa(a.x1, 41000), sa(a.y, 5353));
-    let current = tuple(Protocol::Udp, sa(a.x2, 41000), sa(a.y, 5353));
     install_move(&mut px, &mut py, original, current, true);
     for _ in 0..5 {
         // tc's drop is not reported to a UDP sender (ENOBUFS is swallowed without
@@ -339,8 +296,7 @@ fn refused_batches_change_nothing() {
         return;
     }
     let ns = Netns::new();
-    ns.ip("link add rbv0 type veth peer name rbv1");
-    ns.ip("link set rbv0 up");
+    veth(&ns, "rbv0", &ns, "rbv1");
     let mut p = plane(&ns, "rbv0", 4);
     let flow = |i: u16| {
         let o = tuple(Protocol::Tcp, sa(V4.x1, 30000 + i), sa(V4.y, 443));
@@ -403,8 +359,7 @@ fn the_maps_follow_every_kind_of_change() {
         return;
     }
     let ns = Netns::new();
-    ns.ip("link add mfv0 type veth peer name mfv1");
-    ns.ip("link set mfv0 up");
+    veth(&ns, "mfv0", &ns, "mfv1");
     let mut p = plane(&ns, "mfv0", 64);
     let t = |proto, l: &str, r: &str| tuple(proto, l.parse().unwrap(), r.parse().unwrap());
     let a = t(Protocol::Tcp, "10.1.0.1:1000", "10.9.0.9:443");
@@ -457,8 +412,7 @@ fn dropping_the_plane_detaches_it() {
         return;
     }
     let ns = Netns::new();
-    ns.ip("link add dtv0 type veth peer name dtv1");
-    ns.ip("link set dtv0 up");
+    veth(&ns, "dtv0", &ns, "dtv1");
     let filters = |hook: &str| ns.exec("tc", &["filter", "show", "dev", "dtv0", hook]).unwrap();
     let p = plane(&ns, "dtv0", 16);
     assert!(filters("egress").contains("roam_egress"), "{}", filters("egress"));

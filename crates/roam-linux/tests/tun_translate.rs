@@ -3,18 +3,18 @@
 //! leave in order once released (with strict reverse-path filtering on), UDP ports are
 //! rewritten with valid checksums, and closing the plane leaves nothing in the kernel.
 //!
-//! The same two-namespace lab as the kernel plane's tests (`common_nft`): X moves from
-//! `x1` to `x2` (`x1` kept on `lo`), and Y's link no longer carries `x1` at all.
+//! The same two-namespace lab as the other planes' tests (`support::two_hosts`): X moves
+//! from `x1` to `x2` (`x1` kept on `lo`), and Y's link no longer carries `x1` at all.
 
-mod common_nft;
 mod support;
 
 use std::time::Duration;
 
-use common_nft::*;
 use roam_core::DataPlane;
-use roam_core::translate::{Protocol, Tuple};
+use roam_core::translate::Protocol;
 use roam_linux::tun::{TunConfig, TunDataPlane};
+use support::two_hosts::*;
+use support::{Netns, netns_available, wait_for};
 
 impl Netns {
     /// A TUN data plane in this namespace.
@@ -33,13 +33,6 @@ impl Netns {
     }
 }
 
-/// The move's entries, Y's first (its tuple is the reverse), as an oracle would.
-fn install_move(px: &mut TunDataPlane, py: &mut TunDataPlane, x_orig: Tuple, x_cur: Tuple, hold_x: bool) {
-    py.apply(&install(x_orig.reversed(), x_cur.reversed(), false))
-        .expect("Y's entry");
-    px.apply(&install(x_orig, x_cur, hold_x)).expect("X's entry");
-}
-
 /// X streams to Y and moves mid-stream, the old path cut; both planes install the
 /// move's entries: the stream completes with the same SHA-256 at both ends, and Y's
 /// socket still sees X's original address.
@@ -47,31 +40,11 @@ fn stream_survives_a_move(a: Addrs) {
     if !netns_available() {
         return;
     }
-    let lab = Lab::new(a);
-    let mut px = lab.x.tun_plane();
-    let mut py = lab.y.tun_plane();
-    let from = sa(a.x1, 40000);
-    let to = sa(a.y, 5001);
-    let stream = Stream::start(&lab, from, to, 6 << 20, 32 << 10, Duration::from_millis(5));
-    assert_eq!(
-        stream.peer_seen.recv_timeout(Duration::from_secs(5)).unwrap(),
-        from
-    );
-    stream.wait_received(1 << 20, Duration::from_secs(5));
-    lab.move_x();
-    lab.cut_old_path();
-    let original = tuple(Protocol::Tcp, from, to);
-    let current = tuple(Protocol::Tcp, sa(a.x2, 40000), to);
-    let started = std::time::Instant::now();
-    install_move(&mut px, &mut py, original, current, false);
-    // Reported, not asserted: one rule and one diversion per host (netlink).
-    eprintln!("both entries installed in {:?}", started.elapsed());
-    let (sent, got) = stream.finish(Duration::from_secs(30));
-    assert_eq!(sent.error, None, "sender: {sent:?}");
-    assert_eq!(got.error, None, "receiver: {got:?}");
-    assert_eq!(sent.bytes, 6 << 20);
-    assert_eq!((got.bytes, &got.sha256), (sent.bytes, &sent.sha256));
-    let (cx, cy) = (px.counters(), py.counters());
+    let mut t = TwoPlanes::open(a, |ns, _| ns.tun_plane());
+    let s = t.lab.stream(StreamSpec::default());
+    t.move_x(s.original, s.current, OldPath::Cut);
+    s.finish_intact(Duration::from_secs(30));
+    let (cx, cy) = (t.px.counters(), t.py.counters());
     eprintln!("X: {cx:?}\nY: {cy:?}");
     for (c, host) in [(&cx, "X"), (&cy, "Y")] {
         assert!(c.plane.egress_translated > 0, "{host}: {c:?}");
@@ -95,10 +68,10 @@ fn stream_survives_a_move(a: Addrs) {
     }
     // The checksums the rewriter updated verify at both ends (one TCP MIB for both
     // families).
-    for ns in [&lab.x, &lab.y] {
+    for ns in [&t.lab.x, &t.lab.y] {
         assert_eq!(ns.mib("Tcp", "InCsumErrors"), 0);
     }
-    assert_eq!(px.entries().flows.len(), 1);
+    assert_eq!(t.px.entries().flows.len(), 1);
 }
 
 #[test]
@@ -127,40 +100,39 @@ fn held_packets_wait_and_leave_once_released_under_strict_rp_filter() {
             ns.sysctl(key, "1");
         }
     }
-    let mut px = lab.x.tun_plane();
-    let mut py = lab.y.tun_plane();
-    let from = sa(a.x1, 40001);
-    let to = sa(a.y, 5002);
-    let stream = Stream::start(&lab, from, to, 4 << 20, 16 << 10, Duration::from_millis(2));
-    stream.wait_received(256 << 10, Duration::from_secs(5));
-    lab.move_x();
-    lab.cut_old_path();
-    let original = tuple(Protocol::Tcp, from, to);
-    let current = tuple(Protocol::Tcp, sa(a.x2, 40001), to);
-    px.apply(&install(original, current, true))
+    let mut t = TwoPlanes::on(lab, |ns, _| ns.tun_plane());
+    let s = t.lab.stream(StreamSpec {
+        port: 40001,
+        server_port: 5002,
+        total: 4 << 20,
+        chunk: 16 << 10,
+        pause: Duration::from_millis(2),
+        before_move: 256 << 10,
+        ..StreamSpec::default()
+    });
+    t.lab.move_x();
+    t.lab.cut_old_path();
+    t.px.apply(&install(s.original, s.current, true))
         .expect("X's held entry");
     // What X's stack sends meanwhile waits in the queue (its retransmissions too).
     let held = wait_for(Duration::from_secs(5), "packets held at X", || {
-        let c = px.counters();
+        let c = t.px.counters();
         (c.plane.held > 0).then_some(c.plane.held)
     });
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
-        px.counters().plane.egress_translated,
+        t.px.counters().plane.egress_translated,
         0,
         "nothing leaves while held"
     );
-    install_move(&mut px, &mut py, original, current, false);
-    let (sent, got) = stream.finish(Duration::from_secs(30));
-    assert_eq!(sent.error, None, "sender: {sent:?}");
-    assert_eq!(got.error, None, "receiver: {got:?}");
-    assert_eq!((got.bytes, &got.sha256), (sent.bytes, &sent.sha256));
-    let (cx, cy) = (px.counters(), py.counters());
+    t.install_move(s.original, s.current, false);
+    s.finish_intact(Duration::from_secs(30));
+    let (cx, cy) = (t.px.counters(), t.py.counters());
     eprintln!("held {held}\nX: {cx:?}\nY: {cy:?}");
     assert!(cx.plane.released >= held, "{cx:?}");
     assert_eq!(cx.plane.hold_overflow, 0, "{cx:?}");
     assert!(cy.plane.ingress_translated > 0 && cx.plane.ingress_translated > 0);
-    for ns in [&lab.x, &lab.y] {
+    for ns in [&t.lab.x, &t.lab.y] {
         assert_eq!(
             ns.mib("TcpExt", "IPReversePathFilter"),
             0,
@@ -175,38 +147,19 @@ fn udp_with_port_translation(zero_checksum: bool) {
     if !netns_available() {
         return;
     }
-    let a = V4;
-    let lab = Lab::new(a);
+    let lab = Lab::new(V4);
     lab.software_checksums();
-    let mut px = lab.x.tun_plane();
-    let mut py = lab.y.tun_plane();
-    let ux = udp_socket(&lab.x, sa(a.x1, 41000));
-    let uy = udp_socket(&lab.y, sa(a.y, 5353));
+    let mut t = TwoPlanes::on(lab, |ns, _| ns.tun_plane());
+    let u = UdpFlow::open(&t.lab, 41999);
     if zero_checksum {
-        no_udp_checksum(&ux);
-        no_udp_checksum(&uy);
+        u.no_checksums();
     }
-    lab.move_x();
-    lab.cut_old_path();
-    let original = tuple(Protocol::Udp, sa(a.x1, 41000), sa(a.y, 5353));
-    let current = tuple(Protocol::Udp, sa(a.x2, 41999), sa(a.y, 5353));
-    install_move(&mut px, &mut py, original, current, false);
-    for i in 0..20u8 {
-        ux.send_to(&[i; 300], sa(a.y, 5353)).unwrap();
-    }
-    let at_y = drain_udp(&uy);
-    assert_eq!(at_y.len(), 20, "datagrams at Y");
-    for (i, (d, from)) in at_y.iter().enumerate() {
-        assert_eq!(*from, sa(a.x1, 41000), "Y's socket sees the original tuple");
-        assert_eq!(d, &vec![i as u8; 300]);
-    }
-    for i in 0..20u8 {
-        uy.send_to(&[i; 200], sa(a.x1, 41000)).unwrap();
-    }
-    let at_x = drain_udp(&ux);
-    assert_eq!(at_x.len(), 20, "datagrams at X");
-    assert!(at_x.iter().all(|(_, from)| *from == sa(a.y, 5353)));
-    let (cx, cy) = (px.counters(), py.counters());
+    t.move_x(u.original, u.current, OldPath::Cut);
+    // Y's socket sees the original tuple.
+    u.exchange(u.original.local, || {
+        format!("X: {:?}, Y: {:?}", t.px.counters(), t.py.counters())
+    });
+    let (cx, cy) = (t.px.counters(), t.py.counters());
     assert_eq!(
         (cx.plane.egress_translated, cx.plane.ingress_translated),
         (20, 20),
@@ -217,8 +170,7 @@ fn udp_with_port_translation(zero_checksum: bool) {
         (20, 20),
         "{cy:?}"
     );
-    assert_eq!(lab.x.mib("Udp", "InCsumErrors"), 0);
-    assert_eq!(lab.y.mib("Udp", "InCsumErrors"), 0);
+    assert_eq!(t.lab.udp_checksum_errors(), (0, 0));
 }
 
 #[test]

@@ -30,7 +30,7 @@ impl Sim<'_> {
         if udp.source_port() != DEFAULT_CONTROL_PORT && udp.destination_port() != DEFAULT_CONTROL_PORT {
             return;
         }
-        let Some((_, dst)) = crate::net::ip_addrs(pkt) else {
+        let Some((_, dst)) = roam_core::plane::ip_addrs(pkt) else {
             return;
         };
         let payload = udp.payload();

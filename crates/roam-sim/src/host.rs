@@ -12,9 +12,9 @@ use smoltcp::phy::{Device, DeviceCapabilities, Medium};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint};
 
-use crate::dataplane::{SimDataPlane, Verdicts};
 use crate::net::LinkIdx;
 use crate::scenario::Family;
+use roam_core::plane::{PacketPlane, Verdicts};
 
 pub const MTU: usize = 1500;
 
@@ -106,7 +106,11 @@ pub struct SimHost {
     /// Addresses kept for existing connections only (seed 003 "deprecated").
     pub deprecated: Vec<IpAddr>,
     pub agent: Option<Agent>,
-    pub dataplane: SimDataPlane,
+    /// The data plane: the packet logic every userspace data plane shares, between the
+    /// stack and the link (the position of seed 000 FIG. 5: between the fused TCP/IP
+    /// layer and the driver). roam-linux's TUN plane is the same logic between the
+    /// kernel's stack and a TUN device.
+    pub dataplane: PacketPlane,
     /// Packets from the link awaiting the data plane.
     pub inbox: VecDeque<Vec<u8>>,
     /// TCP flows the stack has (the sock_diag view), by original tuple.
@@ -154,7 +158,7 @@ impl SimHost {
             addr: None,
             deprecated: Vec::new(),
             agent,
-            dataplane: SimDataPlane::new(seed ^ 0x7461_626c_6500),
+            dataplane: PacketPlane::new(seed ^ 0x7461_626c_6500),
             inbox: VecDeque::new(),
             tcp_flows: BTreeSet::new(),
             udp_flows: BTreeSet::new(),

@@ -15,7 +15,6 @@
 pub mod apps;
 mod attack;
 pub mod builtin;
-pub mod dataplane;
 pub mod host;
 pub mod net;
 pub mod report;

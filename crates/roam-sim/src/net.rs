@@ -4,7 +4,7 @@
 //! drop spoofed sources from access subnets (BCP 38), as real access networks do.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use rand_chacha::ChaCha8Rng;
@@ -147,7 +147,6 @@ pub struct Router {
     pub subnets: Vec<usize>,
 }
 
-/// Source and destination of an IP packet, or `None` if it is not one.
 /// A UDP datagram in an IP packet (for what an attacker injects).
 pub fn udp_packet(src: std::net::SocketAddr, dst: std::net::SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
     let b = match (src.ip(), dst.ip()) {
@@ -159,22 +158,6 @@ pub fn udp_packet(src: std::net::SocketAddr, dst: std::net::SocketAddr, payload:
     let mut out = Vec::with_capacity(b.size(payload.len()));
     b.write(&mut out, payload).ok()?;
     Some(out)
-}
-
-pub fn ip_addrs(pkt: &[u8]) -> Option<(IpAddr, IpAddr)> {
-    match pkt.first()? >> 4 {
-        4 if pkt.len() >= 20 => {
-            let s: [u8; 4] = pkt[12..16].try_into().ok()?;
-            let d: [u8; 4] = pkt[16..20].try_into().ok()?;
-            Some((Ipv4Addr::from(s).into(), Ipv4Addr::from(d).into()))
-        }
-        6 if pkt.len() >= 40 => {
-            let s: [u8; 16] = pkt[8..24].try_into().ok()?;
-            let d: [u8; 16] = pkt[24..40].try_into().ok()?;
-            Some((Ipv6Addr::from(s).into(), Ipv6Addr::from(d).into()))
-        }
-        _ => None,
-    }
 }
 
 /// Decrements the TTL (IPv4, fixing the header checksum by RFC 1624) or hop limit.

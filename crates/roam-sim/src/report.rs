@@ -69,7 +69,7 @@ pub struct HostReport {
     pub address: Option<String>,
     pub translation_entries: usize,
     pub counters: BTreeMap<&'static str, u64>,
-    pub dataplane: crate::dataplane::DataPlaneCounters,
+    pub dataplane: roam_core::plane::PlaneCounters,
     /// What reached the host from its link.
     pub received_packets: u64,
     pub received_bytes: u64,

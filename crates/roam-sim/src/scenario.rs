@@ -291,8 +291,7 @@ pub fn metric_names() -> BTreeSet<String> {
         .iter()
         .map(|(n, _)| n.to_string())
         .collect();
-    if let Ok(serde_json::Value::Object(m)) =
-        serde_json::to_value(crate::dataplane::DataPlaneCounters::default())
+    if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(roam_core::plane::PlaneCounters::default())
     {
         names.extend(m.into_iter().filter(|(_, v)| v.is_u64()).map(|(k, _)| k));
     }

@@ -17,6 +17,7 @@ use pcap_file::DataLink;
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
+use roam_core::plane::ip_addrs;
 use roam_core::security::{StaticKey, Trust};
 use roam_core::{Config, Endpoint, Event, Input, Instant};
 use roam_wire::NodeId;
@@ -622,7 +623,7 @@ impl<'s> Sim<'s> {
     /// A router forwards a packet that arrived on `in_port`.
     fn forward(&mut self, r: usize, in_port: usize, mut pkt: Vec<u8>) {
         let family = self.family();
-        let Some((src, dst)) = net::ip_addrs(&pkt) else {
+        let Some((src, dst)) = ip_addrs(&pkt) else {
             self.net.malformed += 1;
             return;
         };
@@ -875,7 +876,7 @@ impl<'s> Sim<'s> {
 /// A one-line summary of a packet for traces.
 fn describe_packet(pkt: &[u8]) -> String {
     use etherparse::{SlicedPacket, TransportSlice};
-    let Some((src, dst)) = net::ip_addrs(pkt) else {
+    let Some((src, dst)) = ip_addrs(pkt) else {
         return "not IP".into();
     };
     match SlicedPacket::from_ip(pkt).ok().and_then(|s| s.transport) {

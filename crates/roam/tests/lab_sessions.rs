@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 
 use roam_lab::scenario::{LabReport, RoamdFlow, SessionReport};
 use roam_lab::topology::{ADDRESSES, Family};
-use support::{assert_survived, lab, roamd};
+use support::{assert_no_drops, assert_one_flow_moved, assert_survived, lab, roamd};
 
 fn session<'r>(r: &'r LabReport, name: &str) -> &'r SessionReport {
     r.sessions
@@ -26,29 +26,6 @@ fn flow<'s>(s: &'s SessionReport, host: &str, r: &LabReport) -> &'s RoamdFlow {
         .iter()
         .find(|f| f.host == host)
         .unwrap_or_else(|| panic!("roamd on {host} did not list session {}:\n{r}", s.name))
-}
-
-/// One move of one flow: A moved it, B applied it and validated A's new address, and
-/// A kept its old address for the socket.
-fn assert_one_flow_moved(r: &LabReport) {
-    let a = roamd(r, "a");
-    assert_eq!(a["counters"]["flows_moved"], 1, "{r}");
-    assert_eq!(a["daemon"]["addresses_retained"], 1, "{r}");
-    let b = roamd(r, "b");
-    assert_eq!(b["counters"]["migrations_applied"], 1, "{r}");
-    assert_eq!(b["counters"]["paths_validated"], 1, "{r}");
-}
-
-/// Nothing malformed, forged or replayed reached either roamd.
-fn assert_no_drops(r: &LabReport) {
-    for (host, status) in &r.roamd {
-        for reason in ["drop_malformed", "drop_bad_auth", "drop_replay"] {
-            assert_eq!(
-                status["counters"][reason], 0,
-                "roamd {host} dropped {reason}:\n{r}"
-            );
-        }
-    }
 }
 
 /// A's socket kept A's original address, and roamd on both hosts translates the flow to

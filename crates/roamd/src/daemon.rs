@@ -69,10 +69,102 @@ pub fn run(options: Options) -> Result<()> {
     runtime.block_on(Daemon::run(options, config, key))
 }
 
+/// The data plane roamd drives. Each method is the one place that tells the planes
+/// apart.
 enum Plane {
     Nft(Box<NftDataPlane>),
     Tun(Box<TunDataPlane>),
     None,
+}
+
+impl Plane {
+    fn open(settings: &roam_core::config::DaemonSettings) -> Result<Plane> {
+        Ok(match settings.data_plane {
+            DataPlaneKind::Nftables => Plane::Nft(Box::new(
+                NftDataPlane::open_with(NftConfig {
+                    nudge: settings.nudge,
+                    ..NftConfig::default()
+                })
+                .context("cannot set up the nftables data plane")?,
+            )),
+            DataPlaneKind::Tun => Plane::Tun(Box::new(
+                TunDataPlane::open_with(TunConfig {
+                    nudge: settings.nudge,
+                    ..TunConfig::default()
+                })
+                .context("cannot set up the TUN data plane")?,
+            )),
+            DataPlaneKind::None => Plane::None,
+        })
+    }
+
+    /// The plane counts what it did and refused (in the status); the error is for the log.
+    fn apply_batch(&mut self, batch: &[DataPlaneCommand]) -> Result<()> {
+        match self {
+            Plane::Nft(p) => p.apply_batch(batch)?,
+            Plane::Tun(p) => p.apply_batch(batch)?,
+            Plane::None => {}
+        }
+        Ok(())
+    }
+
+    /// Housekeeping: chains or filters of drains whose time has passed (and, TUN,
+    /// interfaces that appeared).
+    fn maintain(&mut self) -> Result<()> {
+        match self {
+            Plane::Nft(p) => p.maintain()?,
+            Plane::Tun(p) => p.maintain()?,
+            Plane::None => {}
+        }
+        Ok(())
+    }
+
+    fn counters(&self) -> Option<DataPlaneCounters> {
+        match self {
+            Plane::Nft(p) => p
+                .counters()
+                .map(DataPlaneCounters::Nft)
+                .map_err(|e| debug!("data plane counters: {e}"))
+                .ok(),
+            Plane::Tun(p) => Some(DataPlaneCounters::Tun(Box::new(p.counters()))),
+            Plane::None => None,
+        }
+    }
+
+    /// What only the userspace plane sees and the endpoint must hear: conflicts (seed
+    /// 000 ¶0067-¶0069, for a remap) and bytes from unvalidated addresses (which raise
+    /// their budgets). The kernel plane sees neither.
+    fn feedback(&self) -> Vec<Input<'static>> {
+        let Plane::Tun(p) = self else { return Vec::new() };
+        let conflicts = p.take_conflicts().into_iter();
+        let heard = p.take_heard().into_iter();
+        conflicts
+            .map(|(direction, tuple)| Input::Conflict { direction, tuple })
+            .chain(heard.map(|(from, bytes)| Input::Heard { from, bytes }))
+            .collect()
+    }
+
+    /// Stops the plane, and says whether the addresses kept for old sockets go too.
+    /// `keep_entries`: leave the kernel plane's translation (and those addresses) in
+    /// place for the next roamd. The TUN plane's translation is roamd's own work: it
+    /// ends with roamd whatever `keep_entries` says.
+    fn close(self, keep_entries: bool) -> bool {
+        match self {
+            Plane::Nft(p) if keep_entries => p.detach(),
+            Plane::Nft(p) => {
+                if let Err(e) = p.close() {
+                    warn!("cannot remove the nftables table: {e}");
+                }
+            }
+            Plane::Tun(p) => {
+                if let Err(e) = p.close() {
+                    warn!("cannot remove the TUN data plane's rules and filters: {e}");
+                }
+            }
+            Plane::None => return false,
+        }
+        !keep_entries
+    }
 }
 
 struct Daemon {
@@ -114,23 +206,7 @@ impl Daemon {
         let mut watcher = NetWatcher::new()
             .await
             .context("cannot watch the kernel's addresses")?;
-        let plane = match settings.data_plane {
-            DataPlaneKind::Nftables => Plane::Nft(Box::new(
-                NftDataPlane::open_with(NftConfig {
-                    nudge: settings.nudge,
-                    ..NftConfig::default()
-                })
-                .context("cannot set up the nftables data plane")?,
-            )),
-            DataPlaneKind::Tun => Plane::Tun(Box::new(
-                TunDataPlane::open_with(TunConfig {
-                    nudge: settings.nudge,
-                    ..TunConfig::default()
-                })
-                .context("cannot set up the TUN data plane")?,
-            )),
-            DataPlaneKind::None => Plane::None,
-        };
+        let plane = Plane::open(&settings)?;
         let (tx, mut rx) = mpsc::channel::<Received>(1024);
         let mut d = Daemon {
             sockets: ControlSockets::new(settings.control_port, tx),
@@ -196,14 +272,8 @@ impl Daemon {
                     d.flush();
                 }
                 _ = snapshot.tick() => {
-                    // Housekeeping off the critical path: chains of removed flows whose
-                    // drain time has passed.
-                    let done = match &mut d.plane {
-                        Plane::Nft(p) => p.maintain().map_err(|e| e.to_string()),
-                        Plane::Tun(p) => p.maintain().map_err(|e| e.to_string()),
-                        Plane::None => Ok(()),
-                    };
-                    if let Err(e) = done {
+                    // Housekeeping off the critical path.
+                    if let Err(e) = d.plane.maintain() {
                         debug!("data plane housekeeping: {e}");
                     }
                     d.write_status();
@@ -214,32 +284,10 @@ impl Daemon {
         }
         info!("roamd stopping");
         d.write_status();
-        match d.plane {
-            Plane::Nft(p) => {
-                if d.options.keep_entries_on_exit {
-                    p.detach();
-                } else {
-                    if let Err(e) = p.close() {
-                        warn!("cannot remove the nftables table: {e}");
-                    }
-                    for a in std::mem::take(&mut d.retained) {
-                        let _ = netlink::release_address(a).await;
-                    }
-                }
+        if d.plane.close(d.options.keep_entries_on_exit) {
+            for a in std::mem::take(&mut d.retained) {
+                let _ = netlink::release_address(a).await;
             }
-            Plane::Tun(p) => {
-                // Translation is roamd's own work here: it ends with roamd, whatever
-                // keep_entries_on_exit says (the retained addresses may stay).
-                if let Err(e) = p.close() {
-                    warn!("cannot remove the TUN data plane's rules and filters: {e}");
-                }
-                if !d.options.keep_entries_on_exit {
-                    for a in std::mem::take(&mut d.retained) {
-                        let _ = netlink::release_address(a).await;
-                    }
-                }
-            }
-            Plane::None => {}
         }
         Ok(())
     }
@@ -275,19 +323,8 @@ impl Daemon {
         }
         if !batch.is_empty() {
             debug!(commands = batch.len(), "data plane batch");
-            match &mut self.plane {
-                // The plane counts what it did and refused (in the status).
-                Plane::Nft(p) => {
-                    if let Err(e) = p.apply_batch(&batch) {
-                        warn!("data plane refused {} command(s): {e}", batch.len());
-                    }
-                }
-                Plane::Tun(p) => {
-                    if let Err(e) = p.apply_batch(&batch) {
-                        warn!("data plane refused {} command(s): {e}", batch.len());
-                    }
-                }
-                Plane::None => {}
+            if let Err(e) = self.plane.apply_batch(&batch) {
+                warn!("data plane refused {} command(s): {e}", batch.len());
             }
         }
         while let Some(t) = self.endpoint.poll_transmit() {
@@ -304,29 +341,19 @@ impl Daemon {
         }
     }
 
-    /// What the userspace data plane found that the endpoint must hear: conflicts
-    /// (seed 000 ¶0067-¶0069, for a remap) and bytes from unvalidated addresses (which
-    /// raise their budgets). The kernel plane sees neither.
+    /// Hands the endpoint what the data plane found (see [`Plane::feedback`]).
     fn plane_feedback(&mut self) {
-        let Plane::Tun(p) = &self.plane else { return };
-        let conflicts = p.take_conflicts();
-        let heard = p.take_heard();
-        if conflicts.is_empty() && heard.is_empty() {
+        let inputs = self.plane.feedback();
+        if inputs.is_empty() {
             return;
         }
         let now = self.now();
-        for (direction, tuple) in conflicts {
-            self.endpoint.handle(now, Input::Conflict { direction, tuple });
-        }
-        for (from, bytes) in heard {
-            self.endpoint.handle(now, Input::Heard { from, bytes });
+        for input in inputs {
+            self.endpoint.handle(now, input);
         }
         self.flush();
     }
 
-    /// Reconciles the endpoint's view with the watcher's after every kernel event: the
-    /// watcher keeps the kernel's state (its events are differences with it), so the
-    /// usable addresses before and after say everything.
     /// Sends a control datagram. One that finds no route yet is kept (briefly, a
     /// bounded few) and sent again when the kernel reports a route change: a DHCP
     /// client adds the new address a few milliseconds before the default route, and
@@ -374,6 +401,9 @@ impl Daemon {
         }
     }
 
+    /// Reconciles the endpoint's view with the watcher's after every kernel event: the
+    /// watcher keeps the kernel's state (its events are differences with it), so the
+    /// usable addresses before and after say everything.
     async fn net_event(&mut self, watcher: &NetWatcher, ev: NetEvent) {
         self.counters.address_events += 1;
         debug!(?ev, "kernel event");
@@ -514,15 +544,7 @@ impl Daemon {
             uptime_s: self.started.elapsed().as_secs_f64(),
             control_port: self.settings.control_port,
             data_plane: format!("{:?}", self.settings.data_plane).to_lowercase(),
-            data_plane_counters: match &self.plane {
-                Plane::Nft(p) => p
-                    .counters()
-                    .map(DataPlaneCounters::Nft)
-                    .map_err(|e| debug!("data plane counters: {e}"))
-                    .ok(),
-                Plane::Tun(p) => Some(DataPlaneCounters::Tun(Box::new(p.counters()))),
-                Plane::None => None,
-            },
+            data_plane_counters: self.plane.counters(),
             addresses: self.usable.iter().copied().collect(),
             retained: self.retained.iter().copied().collect(),
             peers,

@@ -364,11 +364,8 @@ impl Endpoint {
                 }
                 // A TCP flow's nudge waits for the peer's answer to the challenge
                 // below (`DeferredNudge`); a newer move replaces an older one's.
-                f.nudge_deferred = (o.protocol == Protocol::Tcp).then_some(DeferredNudge {
-                    addr: new_remote.ip(),
-                    outage,
-                    applied: now,
-                });
+                f.nudge_deferred =
+                    (o.protocol == Protocol::Tcp).then_some(DeferredNudge { outage, applied: now });
             }
             // Every new address of the peer's is challenged, proven before or not (RFC
             // 9000 §9: a peer's address change is validated every time). A proven one

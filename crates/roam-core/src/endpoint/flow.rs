@@ -50,7 +50,8 @@ pub struct Flow {
     /// that address, and the current tuple to go back to if it never does.
     pub validating: Option<(IpAddr, Tuple)>,
     /// The peer moved this flow and its nudge waits for the sign that the peer has
-    /// released its hold (see [`DeferredNudge`]).
+    /// released its hold: an answer from the flow's current remote address (see
+    /// [`DeferredNudge`]).
     #[serde(skip)]
     pub(crate) nudge_deferred: Option<DeferredNudge>,
     pub opened_at: Instant,
@@ -108,10 +109,12 @@ impl Flow {
 /// before it sends that step's datagrams), and the nudge then finds its sender free to
 /// send. (If the acknowledgment is lost and the challenge is not, the answer comes
 /// early and so does the nudge: no worse than nudging on applying the move.)
+///
+/// Where the answer must come from is the flow's current remote address: a newer move
+/// by the peer replaces the nudge, and whatever else changes that address (a
+/// termination, a path that failed) drops it first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct DeferredNudge {
-    /// Where the peer moved the flow: its answer must come from there.
-    pub addr: IpAddr,
     /// The outage the peer reported, and when we applied its move: when the answer
     /// comes the flow has been without a path for `outage + (now - applied)`.
     pub outage: std::time::Duration,

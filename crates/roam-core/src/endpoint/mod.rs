@@ -107,7 +107,8 @@ pub struct Config {
     /// echoed a challenge is at most this many bytes, and never more than three times
     /// what came from that address (QUIC's anti-amplification limit, RFC 9000 §8).
     pub unvalidated_budget: u64,
-    /// Path challenges sent before a new address is given up.
+    /// Path challenges sent to an address a peer moved flows to before it is given up
+    /// (a new address: its flows go back; a proven one: their nudges are dropped).
     pub max_path_challenges: u32,
     /// Handshake messages accepted per second from one source address (burst twice).
     pub handshakes_per_second: f64,
@@ -221,7 +222,7 @@ pub enum DataPlaneCommand {
     /// The path of a TCP flow is confirmed at its new addresses: make the local stack
     /// send its current ACK to the peer (one ACK: the peer's acknowledgments may have
     /// gone to the old address, and a sender without news waits for its retransmission
-    /// timeout). With `fast_retransmit` (the outage lasted longer than
+    /// timeout). With `fast_retransmit` (the outage lasted at least
     /// [`Config::nudge_after`], so the peer's sender is likely in back-off) make it
     /// enough duplicate ACKs to start the peer's fast retransmit (RFC 5681 §3.2).
     Nudge { original: Tuple, fast_retransmit: bool },
@@ -236,7 +237,8 @@ pub enum DataPlaneCommand {
     /// §8.1), holding the rest, until `Validated` or `Unreachable`. `received`: what
     /// already came from it (the update that named it), so the answer can go at once.
     Unvalidated { remote: IpAddr, cap: u64, received: u64 },
-    /// `remote` echoed its challenge: no more limit; send what was held.
+    /// `remote` proved it receives (it echoed its challenge, or completed a handshake):
+    /// no more limit; send what was held.
     Validated { remote: IpAddr },
     /// `remote` never echoed: drop what was held for it (its flows went back).
     Unreachable { remote: IpAddr },

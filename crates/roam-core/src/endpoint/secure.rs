@@ -573,7 +573,14 @@ impl Endpoint {
         // The handshake proved the peer receives at `remote`: message 3 depends on
         // message 2, which went there (and message 2 on message 1, for the initiator).
         p.control = remote;
-        p.paths.insert(remote.ip(), super::peer::Path::validated());
+        // A challenge out to it (the peer moved there, then handshook: a rekey, or a
+        // restart) goes on: its answer is what the flows' deferred nudges wait for, and
+        // it will be sealed under this session. Its budget, if it had one, is lifted.
+        let path = p.path(remote.ip());
+        if !std::mem::replace(&mut path.validated, true) && path.challenge.is_some() {
+            self.dataplane
+                .push_back(DataPlaneCommand::Validated { remote: remote.ip() });
+        }
         if let Some(rtt) = rtt {
             p.rtt_sample(rtt);
         }
@@ -603,6 +610,7 @@ impl Endpoint {
             };
             self.events.push_back(ev);
         }
+        self.resend_validated(id, remote.ip());
         self.claim_address(id, remote.ip());
     }
 
@@ -860,6 +868,9 @@ impl Endpoint {
             return;
         };
         let path = p.path(addr);
+        if path.validated {
+            self.counters.path_rechecks += 1;
+        }
         // Named again while a challenge was out (the peer came back to it): what went
         // there while the peer was elsewhere proves nothing either way, and an answer
         // to it must not be taken for one to this move. Start over, with a new token.
@@ -949,6 +960,21 @@ impl Endpoint {
         } else {
             debug!(%addr, "peer answered at a proven address");
         }
+        self.resend_validated(peer, addr);
+        // The peer answered a challenge sent after our acknowledgment of its move, so
+        // (unless that acknowledgment was lost) it has released its hold: its sender
+        // can act on a nudge now (`DeferredNudge`).
+        for (o, outage) in self.take_deferred_nudges(now, peer, addr) {
+            self.nudge(&o, outage);
+        }
+        // The peer receives at `addr` now: flows with that address that no peer has
+        // are its (return routability is the proof, as for a handshake from there).
+        self.claim_address(peer, addr);
+    }
+
+    /// `peer` proved it receives at `addr`: the flows it moved there while unproven stay
+    /// (nothing to go back to), and what TCP sent them at the old address goes again.
+    fn resend_validated(&mut self, peer: NodeId, addr: IpAddr) {
         let flows: Vec<Tuple> = self
             .flows
             .values()
@@ -963,24 +989,16 @@ impl Endpoint {
                 self.dataplane.push_back(DataPlaneCommand::Resend { original: o });
             }
         }
-        // The peer answered a challenge sent after our acknowledgment of its move, so
-        // (unless that acknowledgment was lost) it has released its hold: its sender
-        // can act on a nudge now (`DeferredNudge`).
-        for (o, outage) in self.take_deferred_nudges(now, peer, addr) {
-            self.nudge(&o, outage);
-        }
-        // The peer receives at `addr` now: flows with that address that no peer has
-        // are its (return routability is the proof, as for a handshake from there).
-        self.claim_address(peer, addr);
     }
 
-    /// Takes the deferred nudges of `peer`'s flows that wait for an answer from `addr`:
-    /// each flow with how long it has been without a path.
+    /// Takes the deferred nudges of `peer`'s flows now at `addr` (they wait for its
+    /// answer): each flow with how long it has been without a path.
     fn take_deferred_nudges(&mut self, now: Instant, peer: NodeId, addr: IpAddr) -> Vec<(Tuple, Duration)> {
         let mut due = Vec::new();
         for f in self.flows.values_mut() {
             if f.peer == FlowPeer::Peer(peer)
-                && let Some(d) = f.nudge_deferred.take_if(|d| d.addr == addr)
+                && f.current.remote.ip() == addr
+                && let Some(d) = f.nudge_deferred.take()
             {
                 due.push((f.original, d.outage + (now - d.applied)));
             }
@@ -1040,6 +1058,7 @@ impl Endpoint {
                 // A proven address that missed a check keeps its flows (the peer may
                 // have lost only our challenges and be sending fine): only an address
                 // that never proved itself sends its flows back.
+                self.counters.path_rechecks_unanswered += 1;
                 debug!(%addr, dropped, "peer did not answer at a proven address; its flows stay");
                 continue;
             }

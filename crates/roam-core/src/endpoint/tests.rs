@@ -274,6 +274,28 @@ fn pair_with_flow() -> (Net, Tuple) {
     (net, a_flow)
 }
 
+/// `pair_with_flow`, after A moved from 10.0.1.2 to 10.0.2.7 and both settled.
+fn moved_pair() -> (Net, Tuple) {
+    let (mut net, flow) = pair_with_flow();
+    net.move_host(0, "10.0.1.2", "10.0.2.7");
+    net.drive();
+    (net, flow)
+}
+
+/// Seed 000 ¶0067: after A moved, a third host now at A's old address uses A's old
+/// port towards B, whose data plane reports the conflict. The newcomer's tuple at B.
+fn ingress_clash(net: &mut Net, a_flow: Tuple) -> Tuple {
+    let clash = a_flow.reversed();
+    net.input(
+        1,
+        Input::Conflict {
+            direction: ConflictDirection::Ingress,
+            tuple: clash,
+        },
+    );
+    clash
+}
+
 #[test]
 fn a_new_flow_registers_both_hosts_with_each_other() {
     let (net, flow) = pair_with_flow();
@@ -418,9 +440,7 @@ fn an_unanswered_move_fails_after_bounded_attempts_and_releases_the_hold() {
 
 #[test]
 fn a_duplicated_update_is_acknowledged_again_and_changes_nothing() {
-    let (mut net, _) = pair_with_flow();
-    net.move_host(0, "10.0.1.2", "10.0.2.7");
-    net.drive();
+    let (mut net, _) = moved_pair();
     let cu = net.first_delivered(MessageType::ConnectionUpdate);
     let b_table = net.hosts[1].table.clone();
     let applied = net.ep(1).counters().migrations_applied;
@@ -450,9 +470,7 @@ fn a_duplicated_update_is_acknowledged_again_and_changes_nothing() {
 
 #[test]
 fn a_replayed_message_is_dropped_and_counted() {
-    let (mut net, _) = pair_with_flow();
-    net.move_host(0, "10.0.1.2", "10.0.2.7");
-    net.drive();
+    let (mut net, _) = moved_pair();
     let cu = net.first_delivered(MessageType::ConnectionUpdate);
     let before = net.hosts[1].table.clone();
     net.input(
@@ -576,9 +594,7 @@ fn an_old_update_overtaken_by_a_newer_one_is_not_applied() {
 
 #[test]
 fn an_update_request_is_answered_with_a_connection_update() {
-    let (mut net, flow) = pair_with_flow();
-    net.move_host(0, "10.0.1.2", "10.0.2.7");
-    net.drive();
+    let (mut net, flow) = moved_pair();
     let a_id = net.ep(0).node_id();
     let sent = net.delivered.len();
     net.input(
@@ -681,9 +697,7 @@ fn a_flow_waits_held_while_no_address_of_its_family_exists() {
 
 #[test]
 fn moving_back_to_the_original_address_removes_the_translation() {
-    let (mut net, flow) = pair_with_flow();
-    net.move_host(0, "10.0.1.2", "10.0.2.7");
-    net.drive();
+    let (mut net, flow) = moved_pair();
     net.move_host(0, "10.0.2.7", "10.0.1.2");
     net.drive();
     assert!(!net.hosts[0].table.contains_key(&flow), "identity needs no entry");
@@ -692,18 +706,8 @@ fn moving_back_to_the_original_address_removes_the_translation() {
 
 #[test]
 fn an_ingress_conflict_gets_a_fresh_remote_port_and_an_egress_one_a_fresh_local_port() {
-    let (mut net, flow) = pair_with_flow();
-    net.move_host(0, "10.0.1.2", "10.0.2.7");
-    net.drive();
-    // Seed 000 ¶0067: a third host now at 10.0.1.2 uses A's old port towards B.
-    let clash = flow.reversed();
-    net.input(
-        1,
-        Input::Conflict {
-            direction: ConflictDirection::Ingress,
-            tuple: clash,
-        },
-    );
+    let (mut net, flow) = moved_pair();
+    let clash = ingress_clash(&mut net, flow);
     let remap = net.hosts[1]
         .table
         .values()
@@ -731,9 +735,7 @@ fn an_ingress_conflict_gets_a_fresh_remote_port_and_an_egress_one_a_fresh_local_
 
 #[test]
 fn a_closed_translated_flow_is_terminated_at_the_peer() {
-    let (mut net, flow) = pair_with_flow();
-    net.move_host(0, "10.0.1.2", "10.0.2.7");
-    net.drive();
+    let (mut net, flow) = moved_pair();
     net.input(0, Input::FlowClosed(flow));
     assert!(net.hosts[0].table.is_empty());
     net.drive();
@@ -837,18 +839,9 @@ fn hitting_the_message_limit_rekeys_once_without_spinning_the_timer() {
 
 #[test]
 fn a_termination_never_gives_two_flows_one_current_tuple() {
-    let (mut net, flow) = pair_with_flow();
-    net.move_host(0, "10.0.1.2", "10.0.2.7");
-    net.drive();
+    let (mut net, flow) = moved_pair();
     // A third host at A's old address and port starts a flow to B: B remaps it.
-    let clash = flow.reversed();
-    net.input(
-        1,
-        Input::Conflict {
-            direction: ConflictDirection::Ingress,
-            tuple: clash,
-        },
-    );
+    let clash = ingress_clash(&mut net, flow);
     net.input(0, Input::FlowClosed(flow));
     net.drive();
     let same = net.ep(1).flows().filter(|f| f.current == clash).count();
@@ -909,9 +902,7 @@ fn an_update_request_from_an_unproven_address_does_not_move_control() {
 
 #[test]
 fn other_requests_do_not_make_a_later_update_look_stale() {
-    let (mut net, flow) = pair_with_flow();
-    net.move_host(0, "10.0.1.2", "10.0.2.7");
-    net.drive();
+    let (mut net, flow) = moved_pair();
     let b_id = net.ep(1).node_id();
     // Many terminations, challenges and requests used sequence numbers meanwhile.
     let p = net.hosts[0].ep.peers.get_mut(&b_id).unwrap();
@@ -1054,14 +1045,18 @@ fn the_peer_nudges_on_the_movers_answer_to_its_challenge_not_when_it_applies_the
         assert_eq!(net.hosts[1].nudges.len(), b_nudges + 1, "{to}: nudged once");
     }
     assert_eq!(net.ep(1).counters().path_challenges, 2, "one challenge per move");
+    assert_eq!(
+        net.ep(1).counters().path_rechecks,
+        1,
+        "the move back is a recheck"
+    );
+    assert_eq!(net.ep(1).counters().path_rechecks_unanswered, 0);
 }
 
 #[test]
 fn an_unanswered_check_of_a_proven_address_leaves_the_flows_there_without_a_nudge() {
-    let (mut net, flow) = pair_with_flow();
+    let (mut net, flow) = moved_pair();
     let b_flow = flow.reversed();
-    net.move_host(0, "10.0.1.2", "10.0.2.7");
-    net.drive();
     // Back to the proven 10.0.1.2; every challenge from now on is lost.
     net.lose = Box::new(|t| t.payload[1] == MessageType::PathChallenge as u8);
     let b_limits = net.hosts[1].limits.len();
@@ -1083,6 +1078,8 @@ fn an_unanswered_check_of_a_proven_address_leaves_the_flows_there_without_a_nudg
     assert!(b.ep.flow(&b_flow).unwrap().nudge_deferred.is_none(), "forgotten");
     assert_eq!(b.nudges.len(), b_nudges, "no sign of a release: no nudge");
     assert_eq!(b.ep.counters().paths_failed, 0);
+    assert_eq!(b.ep.counters().path_rechecks, 1);
+    assert_eq!(b.ep.counters().path_rechecks_unanswered, 1, "counted");
     assert!(b.limits[b_limits..].is_empty(), "no budget, no Unreachable");
     assert!(!b.events.iter().any(|e| matches!(e, Event::PathFailed { .. })));
     assert!(
@@ -1105,10 +1102,66 @@ fn an_unanswered_challenge_of_a_new_address_sends_the_flows_back() {
     assert!(b.nudges.is_empty());
     assert_eq!(b.ep.counters().paths_failed, 1);
     assert_eq!(
+        (
+            b.ep.counters().path_rechecks,
+            b.ep.counters().path_rechecks_unanswered
+        ),
+        (0, 0),
+        "a new address is no recheck"
+    );
+    assert_eq!(
         b.limits.last(),
         Some(&DataPlaneCommand::Unreachable {
             remote: ip("10.0.2.7")
         })
+    );
+}
+
+#[test]
+fn a_handshake_from_a_challenged_address_lifts_its_budget_and_the_challenge_goes_on() {
+    let (mut net, flow) = pair_with_flow();
+    let b_flow = flow.reversed();
+    let b_id = net.ep(1).node_id();
+    // B's first challenge to A's new address is lost; before B sends it again, A rekeys
+    // from there (a restart would handshake from there too).
+    let mut lost = false;
+    net.lose = Box::new(move |t| {
+        let challenge = t.payload[1] == MessageType::PathChallenge as u8;
+        let lose = challenge && !lost;
+        lost |= challenge;
+        lose
+    });
+    let t0 = net.now;
+    net.move_host(0, "10.0.1.2", "10.0.2.7");
+    net.drive_until(t0 + net.latency);
+    assert!(net.hosts[1].unvalidated.contains(&ip("10.0.2.7")), "budgeted");
+    net.hosts[0].ep.peers.get_mut(&b_id).unwrap().next_rekey = net.now;
+    net.input(0, Input::Timeout);
+    net.drive();
+    let b = &net.hosts[1];
+    assert_eq!(b.ep.counters().sessions_rekeyed, 1, "a new session");
+    // The handshake proved the address: its budget is lifted, and what B sent to the
+    // old address goes again.
+    assert_eq!(b.limits.len(), 2, "{:?}", b.limits);
+    assert!(matches!(b.limits[0], DataPlaneCommand::Unvalidated { remote, .. } if remote == ip("10.0.2.7")));
+    assert_eq!(
+        b.limits[1],
+        DataPlaneCommand::Validated {
+            remote: ip("10.0.2.7")
+        }
+    );
+    assert!(b.unvalidated.is_empty());
+    assert_eq!(b.resends, [b_flow]);
+    // The challenge went on (sealed under the new session) and its answer let the
+    // nudge go.
+    assert_eq!(b.ep.counters().path_challenges, 2);
+    assert_eq!(b.nudges.iter().map(|(f, _)| *f).collect::<Vec<_>>(), [b_flow]);
+    let f = b.ep.flow(&b_flow).unwrap();
+    assert_eq!(f.current.remote, sa("10.0.2.7:40000"));
+    assert_eq!(
+        (f.validating, f.nudge_deferred),
+        (None, None),
+        "nothing left waiting"
     );
 }
 

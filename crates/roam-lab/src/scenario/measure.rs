@@ -361,16 +361,8 @@ fn iperf3_runs(run: &mut Run, send: &Path, duration: Duration) -> Result<(), Lab
     };
     let running = across.start(run)?;
     run.measured = Some(running.dst);
-    if run.options.roam {
-        // Both of iperf3's connections (control and data) known to both roamds.
-        for host in ["a", "b"] {
-            run.wait_status(host, Duration::from_secs(10), |s| {
-                s["peers"]
-                    .as_array()
-                    .is_some_and(|p| p.iter().any(|p| p["flows"].as_u64() >= Some(2)))
-            })?;
-        }
-    }
+    // Both of iperf3's connections (control and data) known to both roamds.
+    run.wait_flows(2)?;
     sleep_until(running.started + duration.mul_f64(0.3));
     run.move_a()?;
     let moved = run.moves.last().expect("just moved").started;
@@ -688,28 +680,20 @@ fn wait_listening(ns: &Ns, port: u16, server: &Child, within: Duration) -> Resul
 }
 
 /// Stops roamd on both hosts the way a service manager does (SIGTERM): each deletes its
-/// nftables table and releases the addresses it kept, then writes its last status.
+/// data plane's kernel state and releases the addresses it kept, then writes its last
+/// status (which the report shows).
 fn stop_roamd(run: &mut Run) -> Result<(), LabError> {
     if run.roamd.is_empty() {
         return Ok(());
     }
-    for (host, child) in &run.roamd {
-        crate::sys::signal(child.pid(), libc::SIGTERM)
-            .map_err(|e| LabError::io(format!("stopping roamd on {host}"), e))?;
-    }
-    let mut stuck = Vec::new();
-    for (host, child) in &run.roamd {
-        if child.wait_timeout(Duration::from_secs(5))?.is_none() {
-            child.kill();
-            stuck.push(host.clone());
-        }
-    }
     run.notes
         .push("roamd stopped (SIGTERM) on A and B before the plain-TCP run".into());
-    for host in stuck {
-        run.notes.push(format!(
-            "roamd on {host} did not stop within 5 s of SIGTERM and was killed"
-        ));
+    for host in ["a", "b"] {
+        if !run.stop_roamd(host)? {
+            run.notes.push(format!(
+                "roamd on {host} did not stop within 10 s of SIGTERM and was killed"
+            ));
+        }
     }
     Ok(())
 }

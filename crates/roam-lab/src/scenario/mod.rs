@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -16,7 +16,7 @@ use crate::capture::{
 };
 use crate::netns::{Child, ChildOutput, LabError, Ns, run_checked};
 use crate::topology::{B_IF, Family, MoveTimes, Subnet, Topology, TopologyOptions};
-use crate::traffic::{TcpSink, TcpSource};
+use crate::traffic::{SinkReport, SourceReport, TcpSink, TcpSource};
 
 mod adversary;
 mod measure;
@@ -148,6 +148,21 @@ pub struct StreamReport {
     pub received_sha256: String,
     /// Completed, and the digests match.
     pub ok: bool,
+}
+
+impl StreamReport {
+    /// A stream of `bytes` from a [`TcpSource`] to a [`TcpSink`]: ok when both ends
+    /// completed and hashed the same `bytes` bytes.
+    fn of(name: &str, bytes: u64, sent: SourceReport, got: SinkReport) -> StreamReport {
+        StreamReport {
+            name: name.to_owned(),
+            bytes_sent: sent.bytes,
+            bytes_received: got.bytes,
+            ok: sent.completed && got.completed && sent.sha256 == got.sha256 && got.bytes == bytes,
+            sent_sha256: sent.sha256,
+            received_sha256: got.sha256,
+        }
+    }
 }
 
 /// One fact a scenario checked: what it expected and what it saw.
@@ -292,7 +307,7 @@ impl std::fmt::Display for LabReport {
                 "OK, every check passed; the streams marked 'as expected' broke, as roam cannot keep them, and every other stream survived byte-exact"
             } else if self.sessions.iter().any(|s| s.datagrams.is_some()) {
                 // UDP may lose datagrams while the path changes; the claim is narrower.
-                "OK, every session survived and every datagram that arrived was intact and in order"
+                "OK, every session survived and every datagram that arrived was whole and arrived once"
             } else {
                 "OK, every session survived and every byte arrived"
             }
@@ -487,9 +502,28 @@ impl Run {
             .ok_or_else(|| LabError::Invalid(format!("roamd is not running on {host}")))
     }
 
+    /// Stops roamd on `host` the way an operator or a service manager would (SIGTERM:
+    /// it deletes its data plane's kernel state and writes its last status), waiting up
+    /// to 10 s; kills it past that. True if it exited on SIGTERM.
+    fn stop_roamd(&mut self, host: &str) -> Result<bool, LabError> {
+        let child = self.roamd(host)?;
+        crate::sys::signal(child.pid(), libc::SIGTERM)
+            .map_err(|e| LabError::io(format!("stopping roamd on {host}"), e))?;
+        let exited = child.wait_timeout(Duration::from_secs(10))?.is_some();
+        if !exited {
+            child.kill();
+        }
+        self.roamd.retain(|(h, _)| h != host);
+        Ok(exited)
+    }
+
+    fn status_path(&self, host: &str) -> PathBuf {
+        self.dir.join(host).join("status.json")
+    }
+
     /// roamd's last status snapshot on `host`.
     pub fn status(&self, host: &str) -> Option<serde_json::Value> {
-        let text = std::fs::read_to_string(self.dir.join(host).join("status.json")).ok()?;
+        let text = std::fs::read_to_string(self.status_path(host)).ok()?;
         serde_json::from_str(&text).ok()
     }
 
@@ -500,9 +534,27 @@ impl Run {
         within: Duration,
         ok: impl Fn(&serde_json::Value) -> bool,
     ) -> Result<serde_json::Value, LabError> {
+        self.wait_status_since(host, UNIX_EPOCH, within, ok)
+    }
+
+    /// Waits (bounded) until `host`'s status, from a snapshot written after `after`
+    /// (roamd rewrites it every second), satisfies `ok`.
+    fn wait_status_since(
+        &self,
+        host: &str,
+        after: SystemTime,
+        within: Duration,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value, LabError> {
         let deadline = Instant::now() + within;
         loop {
-            if let Some(s) = self.status(host)
+            // The file's time first: what is read afterwards is at least that new (roamd
+            // replaces it by rename).
+            let fresh = std::fs::metadata(self.status_path(host))
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t > after);
+            if fresh
+                && let Some(s) = self.status(host)
                 && ok(&s)
             {
                 return Ok(s);
@@ -528,6 +580,11 @@ impl Run {
     /// Waits until both roamds know each other and share at least one flow: the
     /// session a move needs exists.
     fn wait_sessions(&self) -> Result<(), LabError> {
+        self.wait_flows(1)
+    }
+
+    /// Waits until both roamds know each other and share at least `flows` flows.
+    fn wait_flows(&self, flows: u64) -> Result<(), LabError> {
         if !self.options.roam {
             return Ok(());
         }
@@ -535,7 +592,7 @@ impl Run {
             self.wait_status(host, Duration::from_secs(10), |s| {
                 s["peers"]
                     .as_array()
-                    .is_some_and(|p| p.iter().any(|p| p["flows"].as_u64() > Some(0)))
+                    .is_some_and(|p| p.iter().any(|p| p["flows"].as_u64() >= Some(flows)))
             })?;
         }
         Ok(())
@@ -584,17 +641,8 @@ impl Run {
     fn finish_bulk(&mut self, name: &str, sink: TcpSink, source: TcpSource) -> Result<(), LabError> {
         let sent = source.join()?;
         let got = sink.join()?;
-        self.streams.push(StreamReport {
-            name: name.to_owned(),
-            bytes_sent: sent.bytes,
-            bytes_received: got.bytes,
-            ok: sent.completed
-                && got.completed
-                && sent.sha256 == got.sha256
-                && got.bytes == self.options.bytes,
-            sent_sha256: sent.sha256,
-            received_sha256: got.sha256,
-        });
+        self.streams
+            .push(StreamReport::of(name, self.options.bytes, sent, got));
         Ok(())
     }
 

@@ -2,9 +2,12 @@
 //! each [`Netns`] is a fresh namespace with `lo` up, deleted on drop (also when the test
 //! panics, and on Ctrl-C). Rust code runs inside one on a thread that has entered it
 //! ([`Netns::run`], [`Netns::block_on`]); sockets keep the namespace they were created
-//! in, so a socket made there can be used from any thread afterwards.
+//! in, so a socket made there can be used from any thread afterwards. [`two_hosts`] is
+//! the two-host lab on which every data plane is tested the same way.
 
 #![allow(dead_code)] // each test binary uses a different part
+
+pub mod two_hosts;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -92,7 +95,7 @@ impl Netns {
     }
 }
 
-/// A veth pair: `a_if` in `a`, `b_if` in `b` (same namespace allowed), both up.
+/// A veth pair: `a_if` in `a`, `b_if` in `b` (the same namespace allowed), both up.
 pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
     a.ip(&format!(
         "link add {a_if} type veth peer name {b_if} netns {}",

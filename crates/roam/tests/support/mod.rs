@@ -50,12 +50,37 @@ pub fn assert_survived(report: &LabReport, moves: usize) {
         );
         assert!(m.recovered, "no payload after the move:\n{report}");
     }
+    assert_no_drops(report);
+}
+
+/// Nothing malformed, forged or replayed reached either roamd.
+pub fn assert_no_drops(report: &LabReport) {
     for (host, status) in &report.roamd {
-        let c = &status["counters"];
         for reason in ["drop_malformed", "drop_bad_auth", "drop_replay"] {
-            assert_eq!(c[reason], 0, "roamd {host} dropped {reason}:\n{report}");
+            assert_eq!(
+                status["counters"][reason], 0,
+                "roamd {host} dropped {reason}:\n{report}"
+            );
         }
     }
+}
+
+/// One move of one flow: A moved it, B applied it and validated A's new address, and
+/// A kept its old address for the socket.
+pub fn assert_one_flow_moved(report: &LabReport) {
+    let a = roamd(report, "a");
+    assert_eq!(counter(a, "flows_moved"), 1, "{report}");
+    assert_eq!(a["daemon"]["addresses_retained"], 1, "{report}");
+    let b = roamd(report, "b");
+    assert_eq!(counter(b, "migrations_applied"), 1, "{report}");
+    assert_eq!(counter(b, "paths_validated"), 1, "{report}");
+}
+
+/// A protocol counter of roamd's status (it must be there).
+pub fn counter(status: &serde_json::Value, name: &str) -> u64 {
+    status["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name} in {status}"))
 }
 
 /// roamd's status on `host` at the end of the run.
