@@ -7,6 +7,8 @@
 //! - [`sockdiag`]: the TCP and UDP sockets of this host (sock_diag), as flows.
 //! - [`nft`]: the kernel data plane (nftables, inet family): translation entries,
 //!   hold, return-routability budgets.
+//! - [`icmp`]: ICMP errors about flows [`nft`] translates, relayed through userspace
+//!   (nfnetlink_log in, roam-core's rewriter, a raw socket out).
 //! - [`nudge`]: make the local TCP stack send its current ACK for a flow at once.
 //! - [`tun`]: the userspace data plane (TUN devices, policy routing, tc diversion)
 //!   around roam-core's packet logic (shared with the simulator): the fallback, and
@@ -14,6 +16,7 @@
 //! - [`tcbpf`]: the same flow translation as a tc-BPF program (measured against
 //!   [`nft`] by `roam bench dataplane`; not the plane roamd uses).
 
+pub mod icmp;
 pub mod netlink;
 pub mod nft;
 pub mod nudge;

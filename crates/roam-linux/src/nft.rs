@@ -101,7 +101,12 @@
 //!   such an element references, is deleted later by [`NftDataPlane::maintain`] (an
 //!   element the kernel has expired but not yet garbage-collected still pins its chain).
 //! - Nudges: segments injected by [`crate::nudge`] carry [`NUDGE_MARK`]; the egress chain
-//!   lets them through first, untranslated and untracked (`notrack`).
+//!   lets them through first, untranslated and untracked (`notrack`), and so does the
+//!   ingress chain when they come back in through loopback. The ICMP errors
+//!   [`crate::icmp`] re-injects carry the same mark.
+//! - ICMP errors: before the flow maps, each chain sends ICMP errors that quote an
+//!   address of a translated entry (sets `icq4`/`icq6`, keyed by the raw quoted address)
+//!   to [`crate::icmp`]'s relay, which translates them with roam-core's rewriter.
 //! - Named counters: `eg_translated`, `in_translated`, `hold_dropped`, `budget_dropped`
 //!   ([`NftDataPlane::counters`]).
 //!
@@ -145,14 +150,16 @@
 //!   original tuple arriving from the wire is delivered as it is (for TCP, the old path
 //!   draining, which is what the simulator does with anything but a SYN), and a new local
 //!   flow whose tuple is a moved flow's current one goes out unchanged.
-//! - ICMP errors about translated flows (their quoted packet) are not translated: a PMTU
-//!   "fragmentation needed"/"packet too big" about a moved flow does not reach its socket.
+//! - ICMP errors about translated flows (their quoted packet) are not rewritten in the
+//!   kernel: nft cannot fix the ICMP checksum over a rewritten quote. The chains log them
+//!   (`log group`, see [`NftConfig::icmp_group`]) and drop them, and [`crate::icmp`]
+//!   translates and re-injects them from userspace.
 //! - No queueing (hold, budget): dropped packets are the stack's to retransmit, and
 //!   [`DataPlaneCommand::Resend`] is counted and ignored (the kernel keeps no copies; SACK
 //!   and RACK-TLP recover once an ACK gets through).
 //! - Non-first IP fragments carry no ports and match no flow entry (as in the rewriter).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Write as _};
@@ -161,6 +168,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use roam_core::translate::{
@@ -170,6 +178,7 @@ use roam_core::{DataPlane, DataPlaneCommand};
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::icmp::{self, DEFAULT_ICMP_GROUP, IcmpCounters, IcmpError, IcmpRelay};
 use crate::nudge::{NUDGE_MARK, NudgeError, Nudger};
 
 /// The table's name unless configured otherwise (`inet roam`).
@@ -219,6 +228,8 @@ pub enum NftError {
     },
     #[error("opening the nudge sockets: {0}")]
     Nudge(#[from] NudgeError),
+    #[error("starting the ICMP error relay: {0}")]
+    Icmp(#[from] IcmpError),
 }
 
 /// How to open the kernel data plane.
@@ -239,6 +250,10 @@ pub struct NftConfig {
     pub nudge: bool,
     /// See [`DEFAULT_DRAIN`]; zero turns draining off.
     pub drain: Duration,
+    /// The nfnetlink_log group through which ICMP errors about translated flows go to
+    /// [`IcmpRelay`] to be translated ([`crate::icmp`]); `None`: no relay, and such
+    /// errors pass untranslated (their quote matches no socket).
+    pub icmp_group: Option<u16>,
 }
 
 impl Default for NftConfig {
@@ -250,6 +265,7 @@ impl Default for NftConfig {
             keep_on_drop: false,
             nudge: true,
             drain: DEFAULT_DRAIN,
+            icmp_group: Some(DEFAULT_ICMP_GROUP),
         }
     }
 }
@@ -286,6 +302,8 @@ pub struct NftCounters {
     pub fast_retransmit_as_single: u64,
     /// `Resend` commands: counted, nothing to do (the kernel keeps no copies).
     pub resends_ignored: u64,
+    /// ICMP errors about translated flows, relayed through userspace ([`crate::icmp`]).
+    pub icmp: IcmpCounters,
 }
 
 /// A return-routability limit in force.
@@ -325,6 +343,7 @@ pub struct NftDataPlane {
     netns: Option<File>,
     state: State,
     nudger: Option<Nudger>,
+    icmp: Option<IcmpRelay>,
     counters: NftCounters,
     /// The table is gone (closed) or handed over (detached).
     done: bool,
@@ -372,15 +391,25 @@ impl NftDataPlane {
         } else {
             None
         };
+        // Bound before the table exists, so that no logged error finds nobody listening.
+        let icmp = match config.icmp_group {
+            Some(group) => Some(IcmpRelay::start(
+                config.netns.as_deref(),
+                group,
+                State::default().table,
+            )?),
+            None => None,
+        };
         let mut dp = NftDataPlane {
             config,
             netns,
             state: State::default(),
             nudger,
+            icmp,
             counters: NftCounters::default(),
             done: false,
         };
-        let script = base_script(&dp.config.table);
+        let script = base_script(&dp.config.table, dp.config.icmp_group);
         dp.run(&script)?;
         tracing::info!(table = %dp.config.table, netns = ?dp.config.netns, "nftables data plane ready");
         Ok(dp)
@@ -409,6 +438,11 @@ impl NftDataPlane {
             self.run(&script.text)?;
         }
         self.state = next;
+        if let Some(relay) = &self.icmp
+            && commands.iter().any(|c| matches!(c, DataPlaneCommand::Table(_)))
+        {
+            relay.set_table(Arc::new(self.state.table.clone()));
+        }
         for command in commands {
             match command {
                 DataPlaneCommand::Nudge {
@@ -492,7 +526,7 @@ impl NftDataPlane {
     pub fn counters(&self) -> Result<NftCounters, NftError> {
         let out = self.nft_output(&["-j", "list", "counters", "table", "inet", &self.config.table])?;
         let v: serde_json::Value = serde_json::from_slice(&out)?;
-        let mut c = self.counters.clone();
+        let mut c = self.local_counters();
         for item in v.get("nftables").and_then(|n| n.as_array()).into_iter().flatten() {
             let Some(counter) = item.get("counter") else {
                 continue;
@@ -513,8 +547,12 @@ impl NftDataPlane {
     }
 
     /// This process's counters only (no kernel round trip).
-    pub fn local_counters(&self) -> &NftCounters {
-        &self.counters
+    pub fn local_counters(&self) -> NftCounters {
+        let mut c = self.counters.clone();
+        if let Some(relay) = &self.icmp {
+            c.icmp = relay.counters();
+        }
+        c
     }
 
     /// Housekeeping, off the paths of a move (call it every few seconds; it costs an RCU
@@ -761,6 +799,9 @@ struct State {
     budgets: BTreeMap<IpAddr, Budget>,
     /// Budgets lifted by raising their quotas (by id), left for `maintain` to delete.
     lifted: BTreeMap<IpAddr, u64>,
+    /// The addresses in the sets `icq4`/`icq6`: ICMP errors quoting one of them go to
+    /// the relay ([`crate::icmp`]). Added with the entries, deleted by `maintain`.
+    icmp_addrs: BTreeSet<IpAddr>,
     next_id: u64,
 }
 
@@ -778,6 +819,7 @@ impl Default for State {
             zombie_of: HashMap::new(),
             budgets: BTreeMap::new(),
             lifted: BTreeMap::new(),
+            icmp_addrs: BTreeSet::new(),
             next_id: 1,
         }
     }
@@ -876,6 +918,20 @@ fn ingress_key(t: &Tuple) -> String {
     )
 }
 
+/// The addresses of an entry that an ICMP error about it may quote in translated form or
+/// not: both ends of each side whose address changes (canonical).
+fn flow_addresses(m: &FlowMapping) -> Vec<IpAddr> {
+    let (o, c) = (m.original, m.current);
+    let mut v = Vec::new();
+    if o.local.ip() != c.local.ip() {
+        v.extend([o.local.ip(), c.local.ip()]);
+    }
+    if o.remote.ip() != c.remote.ip() {
+        v.extend([o.remote.ip(), c.remote.ip()]);
+    }
+    v.into_iter().map(|ip| ip.to_canonical()).collect()
+}
+
 fn needs_egress(m: &FlowMapping) -> bool {
     m.hold || m.current != m.original
 }
@@ -930,6 +986,30 @@ fn rewrite_rules(
         // The protocol match makes nft load the L4 protocol for the port writes (and is
         // what the map lookup already established).
         vec![format!("meta l4proto {p} {}{addrs}{tail}", ports(false))]
+    }
+}
+
+/// Rules that hand ICMP errors quoting an address in `icq4`/`icq6` to the relay: logged
+/// with `prefix` to `group`, whole, and dropped (the relay injects the translation).
+/// The quote starts 8 bytes into the ICMP message; the source address is 12 bytes into
+/// an IPv4 header (bit 160 of the ICMP message) and 8 into an IPv6 one (bit 128), the
+/// destination 4 or 16 bytes later. Types: those that quote a packet (RFC 792: 3, 4, 5,
+/// 11, 12; RFC 4443: 1 to 4), as roam-core's rewriter.
+fn icmp_rules(s: &mut String, group: Option<u16>, prefix: &str) {
+    let Some(group) = group else { return };
+    let v4 =
+        "icmp type { destination-unreachable, source-quench, redirect, time-exceeded, parameter-problem }";
+    let v6 = "icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem }";
+    for (types, at, bits, d) in [
+        (v4, 160, 32, 4),
+        (v4, 192, 32, 4),
+        (v6, 128, 128, 6),
+        (v6, 256, 128, 6),
+    ] {
+        let _ = writeln!(
+            s,
+            "    {types} @th,{at},{bits} @icq{d} log prefix \"{prefix}\" group {group} drop"
+        );
     }
 }
 
@@ -1079,6 +1159,7 @@ impl State {
         if prev == Some(m) {
             return Ok(());
         }
+        self.watch_icmp(&flow_addresses(&m), s);
         let t = s.t().to_owned();
         let mut fc = match self.chains.get(&m.original) {
             Some(fc) => *fc,
@@ -1288,6 +1369,41 @@ impl State {
         for (remote, id) in std::mem::take(&mut self.lifted) {
             Self::delete_budget(remote, id, s);
         }
+        let wanted = self.icmp_wanted();
+        let t = s.t().to_owned();
+        for ip in self.icmp_addrs.difference(&wanted) {
+            let set = format!("icq{}", Family::of(*ip).digit());
+            s.cmd(format_args!(
+                "delete element {t} {set} {{ {} }}",
+                icmp::set_key(*ip)
+            ));
+        }
+        self.icmp_addrs = wanted;
+    }
+
+    /// Puts `addrs` in the ICMP sets (an addition: no cost on a move's path).
+    fn watch_icmp(&mut self, addrs: &[IpAddr], s: &mut Script) {
+        for ip in addrs {
+            let ip = ip.to_canonical();
+            if self.icmp_addrs.insert(ip) {
+                let t = s.t().to_owned();
+                let set = format!("icq{}", Family::of(ip).digit());
+                s.cmd(format_args!("add element {t} {set} {{ {} }}", icmp::set_key(ip)));
+            }
+        }
+    }
+
+    /// The addresses the ICMP sets need for the entries there are now.
+    fn icmp_wanted(&self) -> BTreeSet<IpAddr> {
+        let mut w = BTreeSet::new();
+        for m in self.table.flows() {
+            w.extend(flow_addresses(&m));
+        }
+        for m in self.table.addresses() {
+            w.insert(m.original.to_canonical());
+            w.insert(m.current.to_canonical());
+        }
+        w
     }
 
     fn address_maps(side: Side, fam: Family) -> (String, String) {
@@ -1305,6 +1421,7 @@ impl State {
         if prev == Some(m.current) {
             return Ok(());
         }
+        self.watch_icmp(&[m.original, m.current], s);
         let (eg, ing) = Self::address_maps(m.side, Family::of(m.original));
         if let Some(p) = prev {
             s.delete_element(&eg, &m.original.to_string());
@@ -1376,7 +1493,7 @@ impl State {
 }
 
 /// The table, created in one transaction that first replaces any previous one.
-fn base_script(table: &str) -> String {
+fn base_script(table: &str, icmp_group: Option<u16>) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -1407,6 +1524,13 @@ fn base_script(table: &str) -> String {
         }
         // Addresses whose budget was lifted (until `maintain` deletes it).
         let _ = writeln!(s, "  set bok{d} {{ type {a}; }}");
+        // Addresses an ICMP error may quote to be relayed (crate::icmp), keyed by the
+        // raw quoted address: nft will not compare a raw load with an address type.
+        let bits = match fam {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        };
+        let _ = writeln!(s, "  set icq{d} {{ typeof @th,128,{bits}; }}");
     }
     // Every translated egress packet ends here. Both quotas are spent by what passes
     // them; bare ACKs only by the cap (see the module docs). `accept` ends the table's
@@ -1441,6 +1565,7 @@ fn base_script(table: &str) -> String {
     type route hook output priority -300; policy accept;
     meta mark {NUDGE_MARK:#x} notrack accept"
     );
+    icmp_rules(&mut s, icmp_group, icmp::PREFIX_EGRESS);
     for fam in [Family::V4, Family::V6] {
         let (d, l3) = (fam.digit(), fam.l3());
         for p in ["tcp", "udp"] {
@@ -1462,8 +1587,10 @@ fn base_script(table: &str) -> String {
         s,
         "  }}
   chain ingress {{
-    type filter hook prerouting priority -150; policy accept;"
+    type filter hook prerouting priority -150; policy accept;
+    meta mark {NUDGE_MARK:#x} accept"
     );
+    icmp_rules(&mut s, icmp_group, icmp::PREFIX_INGRESS);
     for fam in [Family::V4, Family::V6] {
         let (d, l3) = (fam.digit(), fam.l3());
         for p in ["tcp", "udp"] {
@@ -1752,7 +1879,7 @@ mod tests {
 
     #[test]
     fn the_base_script_names_every_map_the_planner_uses() {
-        let base = base_script("roam");
+        let base = base_script("roam", Some(7));
         for m in [
             "eg4tcp", "eg4udp", "eg6tcp", "eg6udp", "in4tcp", "in6udp", "ea4l", "ea6r", "ia4l", "ia6r",
             "bcap4", "bamp6",
