@@ -121,6 +121,10 @@ pub struct Config {
     /// Handshakes this host answered and awaits the last message of; the oldest is
     /// forgotten beyond this.
     pub max_pending_handshakes: usize,
+    /// Whether this host's data plane queues a held flow's packets (the simulator's and
+    /// the TUN plane's) rather than dropping them (the kernel's): announced to peers as
+    /// the `HOLDS_PACKETS` capability (seed 000 ¶0071), which must be true of the plane.
+    pub holds_packets: bool,
 }
 
 impl Config {
@@ -147,6 +151,7 @@ impl Config {
             updates_per_second: 100.0,
             cookie_threshold: 64,
             max_pending_handshakes: 256,
+            holds_packets: true,
         }
     }
 }

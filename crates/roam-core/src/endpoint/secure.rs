@@ -25,9 +25,6 @@ use crate::translate::{Protocol, Tuple};
 /// Init (and so gets the Response again) well within this.
 pub(super) const RESPONDER_WAIT: Duration = Duration::from_secs(3);
 
-/// Capabilities this endpoint announces in its handshakes.
-const OUR_CAPABILITIES: u32 = Capabilities::MOBILE | Capabilities::HOLDS_PACKETS;
-
 /// A handshake message's Replay Protect ID (no nonce: handshakes are not sealed)
 /// carries timestamps, as TCP's do (RFC 7323 §4.1): the upper half the sender's clock
 /// (microseconds, modulo 2^32), the lower half the clock value of the message it
@@ -74,7 +71,12 @@ impl Endpoint {
                 SocketAddr::new(own, self.config.control_port),
             )),
             Extension::Capabilities(Capabilities {
-                flags: OUR_CAPABILITIES,
+                flags: Capabilities::MOBILE
+                    | if self.config.holds_packets {
+                        Capabilities::HOLDS_PACKETS
+                    } else {
+                        0
+                    },
             }),
         ])
         .expect("two small extensions encode")

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
-use roam_wire::{Extension, Frame, Header, Message, MessageType, Migration, NodeId, ProtoFlags, SessionKey};
+use roam_wire::{
+    Capabilities, Extension, Frame, Header, Message, MessageType, Migration, NodeId, ProtoFlags, SessionKey,
+};
 
 use super::*;
 use crate::security::{StaticKey, Trust};
@@ -89,11 +91,17 @@ struct Net {
 
 impl Net {
     fn new(n: usize) -> Net {
+        Net::with_config(n, |_, _| {})
+    }
+
+    /// `n` hosts, host `i`'s configuration changed by `tune(i, ...)`.
+    fn with_config(n: usize, tune: impl Fn(usize, &mut Config)) -> Net {
         let hosts = (0..n)
             .map(|i| {
                 // Every host trusts every other's key.
                 let trust = Trust::keys((0..n).map(|j| (key(j).public(), format!("host{j}"))));
-                let cfg = Config::new(key(i), trust);
+                let mut cfg = Config::new(key(i), trust);
+                tune(i, &mut cfg);
                 Host {
                     ep: Endpoint::new(cfg, Box::new(ChaCha8Rng::seed_from_u64(i as u64))),
                     table: BTreeMap::new(),
@@ -322,6 +330,23 @@ fn a_new_flow_registers_both_hosts_with_each_other() {
         net.hosts[0].table.is_empty(),
         "nothing to translate before a move"
     );
+}
+
+#[test]
+fn each_host_announces_whether_its_data_plane_holds_packets() {
+    // A's plane drops held packets (the kernel's), B's queues them (TUN, simulator).
+    let mut net = Net::with_config(2, |i, c| c.holds_packets = i == 1);
+    net.add_address(0, "10.0.1.2");
+    net.add_address(1, "10.0.9.2");
+    let a_flow = tcp("10.0.1.2:40000", "10.0.9.2:5001");
+    net.input(0, Input::FlowOpened(a_flow));
+    net.input(1, Input::FlowOpened(a_flow.reversed()));
+    net.drive();
+    let (a, b) = (net.ep(0), net.ep(1));
+    let a_at_b = b.peer(a.node_id()).unwrap().capabilities;
+    let b_at_a = a.peer(b.node_id()).unwrap().capabilities;
+    assert_eq!(a_at_b, Capabilities::MOBILE, "A does not hold packets");
+    assert_eq!(b_at_a, Capabilities::MOBILE | Capabilities::HOLDS_PACKETS);
 }
 
 #[test]
