@@ -370,6 +370,18 @@ impl NftDataPlane {
     /// Creates the configured table (replacing any previous one of that name, in one
     /// transaction: there is no instant without a table) and the nudge sockets.
     pub fn open_with(config: NftConfig) -> Result<NftDataPlane, NftError> {
+        NftDataPlane::open_restoring(config, &[]).map(|(dp, _)| dp)
+    }
+
+    /// [`NftDataPlane::open_with`], with `restore` (the entries of a previous run, which
+    /// roamd persisted) installed by the same transaction that replaces the table: a
+    /// restored flow is never without its translation, not even while roamd restarts.
+    /// Changes the translation table's invariants refuse (a clash among them) are
+    /// skipped and returned with the reason; the others are installed.
+    pub fn open_restoring(
+        config: NftConfig,
+        restore: &[TableChange],
+    ) -> Result<(NftDataPlane, Vec<(TableChange, TableError)>), NftError> {
         if config.table.is_empty()
             || config.table.len() > 64
             || !config
@@ -409,10 +421,42 @@ impl NftDataPlane {
             counters: NftCounters::default(),
             done: false,
         };
-        let script = base_script(&dp.config.table, dp.config.icmp_group);
-        dp.run(&script)?;
-        tracing::info!(table = %dp.config.table, netns = ?dp.config.netns, "nftables data plane ready");
-        Ok(dp)
+        // Validated one by one first, so that one bad change leaves out only itself.
+        let mut scratch = TranslationTable::new(0);
+        let mut refused = Vec::new();
+        let mut script = Script::new(&dp.config.table);
+        let now = Instant::now();
+        for change in restore {
+            let change = canon_change(change);
+            match scratch.apply(&change) {
+                Ok(()) => dp
+                    .state
+                    .plan(
+                        &DataPlaneCommand::Table(change),
+                        &mut script,
+                        now,
+                        dp.config.drain,
+                    )
+                    .expect("validated against the same invariants"),
+                Err(e) => refused.push((change, e)),
+            }
+        }
+        let mut text = base_script(&dp.config.table, dp.config.icmp_group);
+        text.push_str(&script.text);
+        dp.run(&text)?;
+        if let Some(relay) = &dp.icmp
+            && !restore.is_empty()
+        {
+            relay.set_table(Arc::new(dp.state.table.clone()));
+        }
+        tracing::info!(
+            table = %dp.config.table,
+            netns = ?dp.config.netns,
+            restored = dp.state.table.flow_count() + dp.state.table.address_count(),
+            refused = refused.len(),
+            "nftables data plane ready"
+        );
+        Ok((dp, refused))
     }
 
     pub fn config(&self) -> &NftConfig {

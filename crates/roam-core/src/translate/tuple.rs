@@ -4,10 +4,10 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The upper-layer protocols roam translates (seed 000 ¶0049 "upper layer protocol type").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
@@ -44,7 +44,7 @@ impl fmt::Display for Protocol {
 /// A flow's 5-tuple seen from this host: `local` is this host's end, `remote` the
 /// peer's. An egress packet has `src = local, dst = remote`; an ingress packet has
 /// `src = remote, dst = local`. Both ends are always of the same address family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Tuple {
     pub protocol: Protocol,
     pub local: SocketAddr,
@@ -86,7 +86,7 @@ impl fmt::Display for Tuple {
 }
 
 /// Which end of a flow an address-only mapping applies to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Side {
     /// This host's address (egress source, ingress destination).
@@ -97,7 +97,7 @@ pub enum Side {
 
 /// A full 5-tuple translation entry (seed 000 ¶0047, FIG. 7): packets of the flow leave
 /// with `current` on the wire and reach the local stack with `original`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FlowMapping {
     pub original: Tuple,
     pub current: Tuple,
@@ -111,7 +111,7 @@ pub struct FlowMapping {
 /// An address-only translation entry (seed 002's virtual/actual address): every packet
 /// whose `side` address is `original` (egress) or `current` (ingress) is rewritten,
 /// whatever its ports. A 5-tuple entry for the same packet takes precedence.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AddressMapping {
     pub side: Side,
     pub original: IpAddr,
