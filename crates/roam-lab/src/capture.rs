@@ -498,23 +498,17 @@ impl Goodput {
 }
 
 /// Payload bytes of packets matching `filter` with timestamps in `[from, to)`, per
-/// second. TCP payload counts once: per flow (4-tuple) only sequence space not seen
-/// before counts, so retransmissions do not, and data that fills a hole does (when it
-/// arrives).
+/// second. TCP payload counts once: per flow only sequence space not seen before
+/// counts, so retransmissions do not, and data that fills a hole does (when it
+/// arrives); see [`NewPayload`].
 pub fn goodput(records: &[PacketRecord], filter: &PacketFilter, from: SystemTime, to: SystemTime) -> Goodput {
-    let mut flows: HashMap<(SocketAddr, SocketAddr), SequenceSpace> = HashMap::new();
+    let mut seen = NewPayload::default();
     let mut bytes = 0u64;
     for r in records.iter().filter(|r| r.payload_len > 0 && filter.matches(r)) {
         if r.time >= to {
             continue;
         }
-        let new = match r.tcp {
-            Some(tcp) => flows
-                .entry((r.src, r.dst))
-                .or_insert_with(|| SequenceSpace::new(tcp.seq))
-                .insert(tcp.seq, r.payload_len),
-            None => u64::from(r.payload_len),
-        };
+        let new = seen.count(r);
         if r.time >= from {
             bytes += new;
         }
@@ -522,6 +516,34 @@ pub fn goodput(records: &[PacketRecord], filter: &PacketFilter, from: SystemTime
     Goodput {
         bytes,
         duration: to.duration_since(from).unwrap_or_default(),
+    }
+}
+
+/// What payload of a capture is new: TCP sequence space per flow not seen before, and
+/// every UDP payload byte.
+///
+/// A TCP flow is its source port and its destination (address and port), not its
+/// 4-tuple: after a move the mover's packets reach B's link from its new address, with
+/// the same ports and sequence numbers (a moved flow changes its address only), so the
+/// segments it retransmits from there are not new. In the lab every sender to a given
+/// destination is one host, A, so a source port names one of its flows.
+#[derive(Debug, Default)]
+pub(crate) struct NewPayload {
+    flows: HashMap<(u16, SocketAddr), SequenceSpace>,
+}
+
+impl NewPayload {
+    /// Counts `r` (records in capture order) and returns how many of its payload bytes
+    /// were new.
+    pub(crate) fn count(&mut self, r: &PacketRecord) -> u64 {
+        match r.tcp {
+            Some(tcp) => self
+                .flows
+                .entry((r.src.port(), r.dst))
+                .or_insert_with(|| SequenceSpace::new(tcp.seq))
+                .insert(tcp.seq, r.payload_len),
+            None => u64::from(r.payload_len),
+        }
     }
 }
 

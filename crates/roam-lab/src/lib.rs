@@ -8,6 +8,8 @@
 //!   queue, seeded loss, all changeable at run time.
 //! - [`topology`]: the standard lab (host A with two access links, host B, router R).
 //! - [`capture`]: packet records with kernel timestamps, pcap files, handover gaps.
+//! - [`timeline`], [`plot`]: a run's goodput bin by bin, its moves and gaps, drawn as a
+//!   PNG.
 //! - [`ping`], [`traffic`]: ICMP echo and TCP bulk transfers with digests, in Rust, run
 //!   inside namespaces.
 //!
@@ -17,7 +19,9 @@ pub mod capture;
 pub mod link;
 pub mod netns;
 pub mod ping;
+pub mod plot;
 mod sys;
+pub mod timeline;
 pub mod topology;
 pub mod traffic;
 

@@ -34,10 +34,28 @@ pub struct DaemonArgs {
     /// Keep a JSON status snapshot in FILE (rewritten every second and at exit).
     #[arg(long, value_name = "FILE")]
     pub status_file: Option<PathBuf>,
-    /// At exit, leave the kernel's translation entries in place so that migrated
-    /// sessions keep working while roamd is down.
+    /// At exit, remove the kernel's translation entries (migrated sessions go back to
+    /// their original addresses and break if those are gone). By default they stay,
+    /// so that sessions keep working while roamd is down and across a restart or an
+    /// upgrade; `roam down` removes them at any time.
     #[arg(long)]
-    pub keep_entries: bool,
+    pub remove_entries_on_exit: bool,
+    /// Persist the translation entries in FILE (crash-safely, after every change), and
+    /// reinstall them from it at start.
+    #[arg(long, value_name = "FILE", default_value = roamd::persist::DEFAULT_STATE_FILE)]
+    pub state: PathBuf,
+    /// Do not persist anything (a restart then drops migrated sessions).
+    #[arg(long, conflicts_with = "state")]
+    pub no_state: bool,
+    /// Serve Prometheus metrics over HTTP at ADDR (`GET /metrics`), e.g.
+    /// 127.0.0.1:9641. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Serve the operator's control socket (`roam status`, `roam down`, ...) at PATH
+    /// [default: /run/roam/roamd.sock, where roamd runs on without it if another
+    /// roamd has it].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
 }
 
 /// Runs roamd with `args`; the exit code says how it ended.
@@ -67,7 +85,10 @@ pub fn daemon_main(args: DaemonArgs) -> ExitCode {
     let options = roamd::Options {
         config,
         status_file: args.status_file,
-        keep_entries_on_exit: args.keep_entries,
+        keep_entries_on_exit: !args.remove_entries_on_exit,
+        state_file: (!args.no_state).then_some(args.state),
+        metrics: args.metrics,
+        socket: args.socket,
     };
     match roamd::run(options) {
         Ok(()) => ExitCode::SUCCESS,

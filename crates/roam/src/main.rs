@@ -10,8 +10,10 @@ use roam_core::config::key_file_contents;
 use roam_core::security::StaticKey;
 use roam_sim::{Family, RunOptions, Scenario, builtin};
 use roamd::config::{load_host, read_key_file};
+use roamd::ctl::{ClientError, Request, Response};
 
 mod bench;
+mod status_view;
 
 #[derive(Parser)]
 #[command(
@@ -66,8 +68,44 @@ struct RunArgs {
     pcap: Option<PathBuf>,
 }
 
+/// How the operator commands reach roamd.
+#[derive(clap::Args)]
+struct CtlArgs {
+    /// Print roamd's answer as JSON (the response body, pretty), for scripts.
+    #[arg(long)]
+    json: bool,
+    /// roamd's control socket (roamd --socket).
+    #[arg(long, value_name = "PATH", default_value = roamd::ctl::DEFAULT_SOCKET)]
+    socket: PathBuf,
+}
+
+/// How long roamd may take to answer (`roam up` opens the data plane).
+const CTL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 #[derive(Subcommand)]
 enum Command {
+    /// Show roamd on this host: identity, addresses, peers, migrated flows, and every
+    /// drop or error that is not zero (root).
+    Status(CtlArgs),
+    /// Show roamd's peers: addresses, round-trip time, flows, last move (root).
+    Peers(CtlArgs),
+    /// Show every flow roamd knows: original and current addresses, peer, state (root).
+    Flows(CtlArgs),
+    /// Turn roam back on after `roam down` (root).
+    ///
+    /// The data plane opens again and roamd lists the host's flows and addresses as at
+    /// its start: flows register with their peers again and moves are handled from
+    /// now on. A move made while roam was down is not undone: sessions it broke stay
+    /// broken.
+    Up(CtlArgs),
+    /// Turn roam off until `roam up`: remove all translation, stop handling moves (root).
+    ///
+    /// roamd keeps running and answering `roam status`, but does what it does at exit:
+    /// every translation entry is removed, so migrated sessions go back to their
+    /// original addresses (and break if those addresses are gone: that is what down
+    /// means), the addresses kept on `lo` for old sockets are given back, and no
+    /// move is handled, this host's or a peer's, until `roam up`.
+    Down(CtlArgs),
     /// Simulate a 20 MB TCP stream across a move, in virtual time (no root needed).
     Demo {
         #[command(flatten)]
@@ -116,6 +154,14 @@ enum Command {
         /// Keep roamd's logs, status files and the capture (b.pcap) in DIR.
         #[arg(long, value_name = "DIR")]
         keep: Option<PathBuf>,
+        /// Write the report (report.txt, report.json) and the goodput plot (goodput.png,
+        /// goodput.csv) into DIR [default: roam-lab-SCENARIO in the current directory].
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Width of the goodput plot's bins, in milliseconds (1 to 10000).
+        #[arg(long, value_name = "MS", default_value_t = 50,
+              value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        bin_ms: u64,
         /// Moves in the `moves` scenario (A alternates between its subnets, 2 s apart).
         #[arg(long, default_value_t = 10)]
         moves: usize,
@@ -210,6 +256,11 @@ fn run(cli: Cli) -> Result<bool> {
         }
         Command::Daemon(_) => unreachable!("handled in main"),
         Command::Bench(args) => bench::run(args),
+        Command::Status(args) => control(Request::Status, &args),
+        Command::Peers(args) => control(Request::Peers, &args),
+        Command::Flows(args) => control(Request::Flows, &args),
+        Command::Up(args) => control(Request::Up, &args),
+        Command::Down(args) => control(Request::Down, &args),
         Command::Lab { list: true, .. } => {
             for s in roam_lab::scenario::SCENARIOS {
                 println!("{:<20} {}", s.name, s.description);
@@ -225,6 +276,8 @@ fn run(cli: Cli) -> Result<bool> {
             data_plane,
             bytes,
             keep,
+            out,
+            bin_ms,
             moves,
             duration,
             json,
@@ -253,6 +306,8 @@ fn run(cli: Cli) -> Result<bool> {
                 .to_owned();
             opts.bytes = bytes;
             opts.keep = keep;
+            opts.out = Some(out.unwrap_or_else(|| PathBuf::from(format!("roam-lab-{name}"))));
+            opts.bin = std::time::Duration::from_millis(bin_ms);
             opts.moves = moves;
             opts.duration = std::time::Duration::from_secs(duration);
             let report = roam_lab::scenario::run(&name, &opts)?;
@@ -269,6 +324,41 @@ fn run(cli: Cli) -> Result<bool> {
             simulate(&sc, &run)
         }
     }
+}
+
+/// Asks roamd over its control socket and prints the answer, for a person or (`--json`)
+/// a program.
+fn control(request: Request, args: &CtlArgs) -> Result<bool> {
+    let response = roamd::ctl::call(&args.socket, request, CTL_TIMEOUT).map_err(|e| {
+        let hint = match e {
+            ClientError::NoSocket(_) | ClientError::NotListening(_) => {
+                ": start it with `systemctl start roamd` or `roamd --config FILE`".to_owned()
+            }
+            ClientError::PermissionDenied(_) => format!(": run as root (sudo roam {})", request.name()),
+            _ => String::new(),
+        };
+        anyhow::anyhow!("{e}{hint}")
+    })?;
+    if let Response::Error { message } = &response {
+        if message == roamd::ctl::PERMISSION_DENIED {
+            bail!(
+                "roamd refused: permission denied: roam needs root: run as root (sudo roam {})",
+                request.name()
+            );
+        }
+        bail!("roamd refused the request: {message}");
+    }
+    if args.json {
+        println!("{}", response.body_pretty());
+        return Ok(true);
+    }
+    match response {
+        Response::Status(s) => print!("{}", status_view::status(&s)),
+        Response::Peers(p) => print!("{}", status_view::peers(&p)),
+        Response::Flows(f) => print!("{}", status_view::flows(&f)),
+        Response::Ok { message } | Response::Error { message } => println!("{message}"),
+    }
+    Ok(true)
 }
 
 /// A fresh key from the operating system's random source, written to `path`: created

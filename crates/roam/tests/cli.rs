@@ -242,6 +242,69 @@ fn the_lab_scenarios_are_listed_and_an_unknown_one_is_refused() {
     assert!(stderr(&o).contains("no lab scenario"), "{}", stderr(&o));
 }
 
+#[test]
+fn malformed_operator_commands_are_refused_with_usage() {
+    for (args, says) in [
+        (&["stauts"][..], "unrecognized subcommand"),
+        (&["status", "--json=yes"], "unexpected value"),
+        (&["flows", "--bogus"], "unexpected argument"),
+        (&["peers", "--socket"], "a value is required"),
+        (&["down", "now"], "unexpected argument"),
+    ] {
+        let o = roam(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let e = stderr(&o);
+        assert!(e.contains("error") && e.contains(says), "{args:?}: {e}");
+        assert!(stdout(&o).is_empty(), "{args:?}");
+    }
+    // The help says what down and up do.
+    let o = roam(&["down", "--help"]);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("roam up"), "{}", stdout(&o));
+}
+
+#[test]
+fn the_operator_commands_say_when_roamd_is_not_running() {
+    let d = scratch("no-daemon");
+    let missing = d.join("roamd.sock");
+    for cmd in ["status", "peers", "flows", "up", "down"] {
+        for json in [false, true] {
+            let mut args = vec![cmd, "--socket", missing.to_str().unwrap()];
+            if json {
+                args.push("--json");
+            }
+            let o = roam(&args);
+            assert_eq!(o.status.code(), Some(2), "{args:?}");
+            let e = stderr(&o);
+            assert!(
+                e.contains(&format!(
+                    "roamd is not running (no socket at {})",
+                    missing.display()
+                )),
+                "{args:?}: {e}"
+            );
+            assert!(
+                e.contains("systemctl start roamd") && e.contains("roamd --config FILE"),
+                "{e}"
+            );
+            assert!(stdout(&o).is_empty(), "{args:?}");
+        }
+    }
+    // A socket left behind by a roamd that died.
+    #[cfg(unix)]
+    {
+        drop(std::os::unix::net::UnixListener::bind(&missing).unwrap());
+        let o = roam(&["status", "--socket", missing.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2));
+        assert!(
+            stderr(&o).contains("roamd is not running (nothing listens on"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 /// The README's first command is `cargo run --release -- demo`: with two binaries in the
 /// package, cargo runs that only if the package names its default.
 #[test]

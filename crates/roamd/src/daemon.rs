@@ -21,7 +21,7 @@ use rand_core::SeedableRng;
 use roam_core::config::{DataPlaneKind, HostConfig};
 
 use crate::config::load_host;
-use roam_core::translate::{Protocol, Tuple};
+use roam_core::translate::{AddressMapping, FlowMapping, Protocol, TableChange, Tuple};
 use roam_core::{Config, DataPlaneCommand, Endpoint, Event, Input, Instant, Transmit};
 use roam_linux::netlink::{self, NetEvent, NetWatcher};
 use roam_linux::nft::{NftConfig, NftDataPlane};
@@ -31,7 +31,12 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::control::{ControlSockets, Received};
-use crate::status::{DaemonCounters, DataPlaneCounters, EventRecord, PeerStatus, Status};
+use crate::ctl::{self, Asked, Call, FlowList, PeerList, Request, Response};
+use crate::metrics::MetricsServer;
+use crate::persist::Persisted;
+use crate::status::{
+    DaemonCounters, DataPlaneCounters, EventRecord, NamedCounters, PeerStatus, PlaneCounters, Status,
+};
 
 /// How roamd is started.
 #[derive(Clone, Debug)]
@@ -41,8 +46,19 @@ pub struct Options {
     /// Where to keep a JSON status snapshot (rewritten every second and at exit).
     pub status_file: Option<PathBuf>,
     /// Leave the kernel's translation entries in place at exit, so migrated sessions
-    /// keep working while roamd is down (otherwise they are removed).
+    /// keep working while roamd is down and the next roamd takes them over (the
+    /// default; `roam down` removes them whatever this says).
     pub keep_entries_on_exit: bool,
+    /// Where the translation entries are persisted ([`crate::persist`]), so that a
+    /// restart, a crash or an upgrade does not drop migrated sessions. `None`: nowhere.
+    pub state_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at this address ([`crate::metrics`]).
+    pub metrics: Option<std::net::SocketAddr>,
+    /// The operator's control socket (`roam status`, docs/ARCHITECTURE.md). `None`:
+    /// [`ctl::DEFAULT_SOCKET`], and roamd runs on without it if it cannot serve it
+    /// (several roamds in network namespaces share one file system, as in the lab);
+    /// a path given here must be served, or roamd does not start.
+    pub socket: Option<PathBuf>,
 }
 
 /// Events kept for the status snapshot.
@@ -69,6 +85,36 @@ pub fn run(options: Options) -> Result<()> {
     runtime.block_on(Daemon::run(options, config, key))
 }
 
+/// An endpoint with a fresh random seed.
+fn new_endpoint(config: &Config) -> Result<Endpoint> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
+    Ok(Endpoint::new(
+        config.clone(),
+        Box::new(ChaCha20Rng::from_seed(seed)),
+    ))
+}
+
+/// Serves the control socket at `path`, or at the default path where failing is only
+/// a warning (see [`Options::socket`]).
+fn serve_control_socket(
+    path: Option<&std::path::Path>,
+    tx: mpsc::Sender<Call>,
+) -> Result<Option<ctl::Server>> {
+    match path {
+        Some(p) => ctl::Server::bind(p, tx)
+            .map(Some)
+            .with_context(|| format!("cannot serve the control socket {}", p.display())),
+        None => match ctl::Server::bind(std::path::Path::new(ctl::DEFAULT_SOCKET), tx) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) => {
+                warn!("no control socket (`roam status` will not reach this roamd): {e}");
+                Ok(None)
+            }
+        },
+    }
+}
+
 /// The data plane roamd drives. Each method is the one place that tells the planes
 /// apart.
 enum Plane {
@@ -78,24 +124,58 @@ enum Plane {
 }
 
 impl Plane {
-    fn open(settings: &roam_core::config::DaemonSettings) -> Result<Plane> {
+    /// Opens the configured plane with `restore` (persisted entries) installed: by the
+    /// transaction that creates the nftables table, or right after the TUN plane
+    /// opens (it translates nothing while roamd is down anyway). Returns the plane and
+    /// the changes it refused (their invariants clash), which are logged.
+    fn open(settings: &roam_core::config::DaemonSettings, restore: &[TableChange]) -> Result<(Plane, usize)> {
         Ok(match settings.data_plane {
-            DataPlaneKind::Nftables => Plane::Nft(Box::new(
-                NftDataPlane::open_with(NftConfig {
-                    nudge: settings.nudge,
-                    ..NftConfig::default()
-                })
-                .context("cannot set up the nftables data plane")?,
-            )),
-            DataPlaneKind::Tun => Plane::Tun(Box::new(
-                TunDataPlane::open_with(TunConfig {
+            DataPlaneKind::Nftables => {
+                let (p, refused) = NftDataPlane::open_restoring(
+                    NftConfig {
+                        nudge: settings.nudge,
+                        ..NftConfig::default()
+                    },
+                    restore,
+                )
+                .context("cannot set up the nftables data plane")?;
+                for (change, e) in &refused {
+                    warn!(?change, "persisted entry refused: {e}");
+                }
+                (Plane::Nft(Box::new(p)), refused.len())
+            }
+            DataPlaneKind::Tun => {
+                let mut p = TunDataPlane::open_with(TunConfig {
                     nudge: settings.nudge,
                     ..TunConfig::default()
                 })
-                .context("cannot set up the TUN data plane")?,
-            )),
-            DataPlaneKind::None => Plane::None,
+                .context("cannot set up the TUN data plane")?;
+                let mut refused = 0;
+                for change in restore {
+                    if let Err(e) = p.apply_batch(&[DataPlaneCommand::Table(*change)]) {
+                        warn!(?change, "persisted entry refused: {e}");
+                        refused += 1;
+                    }
+                }
+                (Plane::Tun(Box::new(p)), refused)
+            }
+            DataPlaneKind::None => (Plane::None, restore.len()),
         })
+    }
+
+    /// The entries the plane has now (what [`crate::persist`] keeps).
+    fn entries(&self) -> (Vec<FlowMapping>, Vec<AddressMapping>) {
+        match self {
+            Plane::Nft(p) => {
+                let e = p.entries();
+                (e.flows, e.addresses)
+            }
+            Plane::Tun(p) => {
+                let e = p.entries();
+                (e.flows, e.addresses)
+            }
+            Plane::None => (Vec::new(), Vec::new()),
+        }
     }
 
     /// The plane counts what it did and refused (in the status); the error is for the log.
@@ -170,7 +250,18 @@ impl Plane {
 struct Daemon {
     options: Options,
     settings: roam_core::config::DaemonSettings,
+    /// What a fresh endpoint is made of (`roam up` makes one).
+    ep_config: Config,
     endpoint: Endpoint,
+    /// Translating and handling moves (`roam down` turns it off until `roam up`).
+    up: bool,
+    /// Protocol counters of the endpoints `roam down` retired, so that the status's
+    /// counters only ever grow.
+    retired_counters: NamedCounters,
+    /// Peers' names from the configuration, for the status.
+    peer_names: std::collections::BTreeMap<roam_core::security::PublicKey, String>,
+    /// The control socket's path, if roamd serves one.
+    socket: Option<PathBuf>,
     started: std::time::Instant,
     plane: Plane,
     sockets: ControlSockets,
@@ -184,6 +275,9 @@ struct Daemon {
     events: VecDeque<EventRecord>,
     /// Control datagrams waiting for a route (see [`Daemon::send`]).
     unrouted: VecDeque<(std::time::Instant, Transmit)>,
+    /// What the state file holds now (so that only changes are written).
+    persisted: Option<Persisted>,
+    metrics: Option<MetricsServer>,
 }
 
 impl Daemon {
@@ -192,9 +286,9 @@ impl Daemon {
         let mut ep_config = Config::new(key, config.trust());
         ep_config.control_port = settings.control_port;
         ep_config.move_message = settings.move_message;
-        let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
-        let endpoint = Endpoint::new(ep_config, Box::new(ChaCha20Rng::from_seed(seed)));
+        // Only the TUN plane queues held packets; the kernel's drops them.
+        ep_config.holds_packets = settings.data_plane == DataPlaneKind::Tun;
+        let endpoint = new_endpoint(&ep_config)?;
         info!(
             node = %endpoint.node_id(),
             key = %endpoint.public_key(),
@@ -206,33 +300,72 @@ impl Daemon {
         let mut watcher = NetWatcher::new()
             .await
             .context("cannot watch the kernel's addresses")?;
-        let plane = Plane::open(&settings)?;
+        let (ctl_tx, mut ctl_rx) = mpsc::channel::<Call>(16);
+        let server = serve_control_socket(options.socket.as_deref(), ctl_tx)?;
+        let metrics = match options.metrics {
+            Some(addr) => {
+                Some(MetricsServer::start(addr).with_context(|| format!("cannot serve metrics at {addr}"))?)
+            }
+            None => None,
+        };
+        // Before anything else: the entries of the previous run go back into the plane
+        // (in the transaction that recreates the nftables table), so that no packet of a
+        // migrated session finds it missing.
+        let host_key = endpoint.public_key().to_string();
+        let mut counters = DaemonCounters::default();
+        let restored = match &options.state_file {
+            Some(path) => match Persisted::load(path, &host_key) {
+                Ok(p) => p,
+                Err(e) => {
+                    counters.state_refused += 1;
+                    warn!("ignoring the persisted state: {e}");
+                    match Persisted::set_aside(path) {
+                        Ok(bad) => warn!("kept it as {}", bad.display()),
+                        Err(e) => warn!("cannot set it aside: {e}"),
+                    }
+                    None
+                }
+            },
+            None => None,
+        };
+        let restore: Vec<TableChange> = restored
+            .iter()
+            .flat_map(|p| {
+                p.flows
+                    .iter()
+                    .map(|m| TableChange::InstallFlow(*m))
+                    .chain(p.addresses.iter().map(|m| TableChange::InstallAddress(*m)))
+            })
+            .collect();
+        let (plane, refused) = Plane::open(&settings, &restore)?;
+        counters.entries_restored = (restore.len() - refused) as u64;
+        counters.entries_restore_refused = refused as u64;
         let (tx, mut rx) = mpsc::channel::<Received>(1024);
         let mut d = Daemon {
             sockets: ControlSockets::new(settings.control_port, tx),
             options,
             settings,
+            ep_config,
             endpoint,
+            up: true,
+            retired_counters: NamedCounters::default(),
+            peer_names: config.peers.clone(),
+            socket: server.as_ref().map(|s| s.path().to_owned()),
             started: std::time::Instant::now(),
             plane,
             usable: BTreeSet::new(),
             retained: BTreeSet::new(),
             flows: BTreeSet::new(),
-            counters: DaemonCounters::default(),
+            counters,
             events: VecDeque::new(),
             unrouted: VecDeque::new(),
+            persisted: restored.clone(),
+            metrics,
         };
-        d.scan_flows().await;
-        d.retained = watcher
-            .addresses()
-            .iter()
-            .filter(|a| a.roam_owned)
-            .map(|a| a.addr)
-            .collect();
-        for addr in watcher.usable_addresses() {
-            d.address_added(&watcher, addr);
+        if let Some(p) = &restored {
+            d.restore(p);
         }
-        d.flush();
+        d.start(&watcher).await;
 
         let mut scan = tokio::time::interval(d.settings.flow_scan);
         scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -243,6 +376,10 @@ impl Daemon {
             tokio::select! {
                 Some(r) = rx.recv() => {
                     d.counters.datagrams_received += 1;
+                    if !d.up {
+                        // Read before `roam down` closed the sockets: nobody handles it.
+                        continue;
+                    }
                     let now = d.now();
                     d.endpoint.handle(now, Input::Datagram { local: r.local, remote: r.remote, payload: &r.payload });
                     d.flush();
@@ -260,7 +397,12 @@ impl Daemon {
                         }
                     }
                 }
-                _ = scan.tick() => {
+                Some(call) = ctl_rx.recv() => {
+                    let response = d.control(call.caller, call.asked, &watcher).await;
+                    // The caller may have gone; nothing to do then.
+                    let _ = call.reply.send(response);
+                }
+                _ = scan.tick(), if d.up => {
                     d.plane_feedback();
                     d.scan_flows().await;
                     d.release_unused();
@@ -277,19 +419,221 @@ impl Daemon {
                         debug!("data plane housekeeping: {e}");
                     }
                     d.write_status();
+                    // A save that failed is tried again.
+                    d.persist();
                 }
                 _ = tokio::signal::ctrl_c() => break,
                 _ = sigterm.recv() => break,
             }
         }
         info!("roamd stopping");
+        // No request is answered from here on; the socket goes with the server.
+        drop(server);
         d.write_status();
-        if d.plane.close(d.options.keep_entries_on_exit) {
+        let keep = d.options.keep_entries_on_exit;
+        let plane = std::mem::replace(&mut d.plane, Plane::None);
+        if plane.close(keep) {
             for a in std::mem::take(&mut d.retained) {
                 let _ = netlink::release_address(a).await;
             }
         }
+        if keep {
+            info!("translation entries left in place for the next roamd");
+        } else {
+            // Nothing was kept: the next roamd must not reinstall it.
+            d.persist();
+        }
         Ok(())
+    }
+
+    /// The endpoint takes over the flows of the persisted state (the plane has their
+    /// entries already): each restored flow's peer is found again by a handshake from
+    /// the flow's current address, and the first socket listing closes those whose
+    /// sockets are gone.
+    fn restore(&mut self, p: &Persisted) {
+        let now = self.now();
+        let installed: BTreeSet<Tuple> = self.plane.entries().0.iter().map(|m| m.original).collect();
+        let mut n = 0;
+        // Only what the plane took back (a refused entry's flow starts afresh).
+        for m in p.flows.iter().filter(|m| installed.contains(&m.original)) {
+            self.endpoint.handle(now, Input::Restore(*m));
+            self.flows.insert(m.original);
+            n += 1;
+        }
+        if n > 0 {
+            info!(
+                flows = n,
+                "restored the translation of the previous run; handshaking with the peers again"
+            );
+            self.record(format!("restored {n} migrated flow(s) from the state file"));
+        }
+        self.flush();
+    }
+
+    /// Writes the plane's entries to the state file if they changed since the last
+    /// write (see [`crate::persist`]). A failure is logged, counted and retried at the
+    /// next snapshot.
+    fn persist(&mut self) {
+        let Some(path) = self.options.state_file.clone() else {
+            return;
+        };
+        let (flows, addresses) = self.plane.entries();
+        let next = Persisted::new(
+            self.endpoint.public_key().to_string(),
+            format!("{:?}", self.settings.data_plane).to_lowercase(),
+            flows,
+            addresses,
+        );
+        if self.persisted.as_ref().is_some_and(|p| p.same_entries(&next)) {
+            return;
+        }
+        match next.save(&path) {
+            Ok(()) => {
+                self.counters.state_saves += 1;
+                self.persisted = Some(next);
+            }
+            Err(e) => {
+                self.counters.state_save_errors += 1;
+                warn!("cannot persist the translation entries: {e}");
+            }
+        }
+    }
+
+    /// Tells the endpoint what the host has: its flows, then its addresses (at start
+    /// and at `roam up`).
+    async fn start(&mut self, watcher: &NetWatcher) {
+        self.scan_flows().await;
+        self.retained = watcher
+            .addresses()
+            .iter()
+            .filter(|a| a.roam_owned)
+            .map(|a| a.addr)
+            .collect();
+        for addr in watcher.usable_addresses() {
+            self.address_added(watcher, addr);
+        }
+        self.flush();
+    }
+
+    /// Answers a request on the control socket (ctl.rs). Everything is counted here.
+    async fn control(&mut self, caller: ctl::Caller, asked: Asked, watcher: &NetWatcher) -> Response {
+        let request = match asked {
+            Asked::Request(r) => r,
+            Asked::Denied => {
+                self.counters.ctl_refused += 1;
+                warn!(uid = ?caller.uid, pid = ?caller.pid, "control request refused: not root");
+                return Response::Error {
+                    message: ctl::PERMISSION_DENIED.into(),
+                };
+            }
+            Asked::Malformed(e) => {
+                self.counters.ctl_malformed += 1;
+                debug!(uid = ?caller.uid, pid = ?caller.pid, "malformed control request: {e}");
+                return Response::Error {
+                    message: format!("bad request: {e}"),
+                };
+            }
+        };
+        self.counters.ctl_requests += 1;
+        debug!(uid = ?caller.uid, pid = ?caller.pid, request = request.name(), "control request");
+        match request {
+            Request::Status => Response::Status(Box::new(self.status())),
+            Request::Peers => {
+                let s = self.status();
+                Response::Peers(PeerList {
+                    uptime_s: s.uptime_s,
+                    peers: s.peers,
+                })
+            }
+            Request::Flows => {
+                let s = self.status();
+                Response::Flows(FlowList {
+                    uptime_s: s.uptime_s,
+                    peer_names: s.peer_names(),
+                    flows: s.flows,
+                })
+            }
+            Request::Down => self.down(caller).await,
+            Request::Up => self.up(caller, watcher).await,
+        }
+    }
+
+    /// `roam down`: roam stops as it does at exit (without `--keep-entries`), but roamd
+    /// stays: every translation entry goes (the data plane closes; migrated sessions go
+    /// back to their original tuples, and break if those addresses are gone), the
+    /// addresses kept on `lo` are given back, the control sockets close, and the
+    /// endpoint is replaced by a fresh one that hears nothing until `roam up`.
+    async fn down(&mut self, caller: ctl::Caller) -> Response {
+        if !self.up {
+            return Response::Ok {
+                message: "roam is already down (`roam up` resumes)".into(),
+            };
+        }
+        // The one step that can fail comes first: refused, nothing has changed.
+        let fresh = match new_endpoint(&self.ep_config) {
+            Ok(e) => e,
+            Err(e) => {
+                return Response::Error {
+                    message: format!("cannot go down: {e:#}"),
+                };
+            }
+        };
+        let migrated = self.endpoint.flows().filter(|f| f.current != f.original).count();
+        self.up = false;
+        // Whatever the plane: nothing roam added stays while it is down, nor comes back
+        // at a restart.
+        std::mem::replace(&mut self.plane, Plane::None).close(false);
+        self.persist();
+        for a in std::mem::take(&mut self.retained) {
+            self.counters.addresses_released += 1;
+            if let Err(e) = netlink::release_address(a).await {
+                warn!(addr = %a, "cannot release: {e}");
+            }
+        }
+        for a in self.sockets.addresses().collect::<Vec<_>>() {
+            self.sockets.close(a);
+        }
+        let old = std::mem::replace(&mut self.endpoint, fresh);
+        self.retired_counters.add(&NamedCounters::from(old.counters()));
+        self.usable.clear();
+        self.flows.clear();
+        self.unrouted.clear();
+        info!(uid = ?caller.uid, pid = ?caller.pid, migrated, "roam down");
+        self.record(format!(
+            "roam down: translation removed ({migrated} migrated flow(s) back on their original tuples), moves not handled"
+        ));
+        Response::Ok {
+            message: format!(
+                "roam is down: translation removed ({migrated} migrated flow(s) back on their original addresses); moves are not handled until `roam up`"
+            ),
+        }
+    }
+
+    /// `roam up`: the data plane opens again and the fresh endpoint hears the host's
+    /// flows and addresses, as at start: flows register with their peers again and
+    /// future moves are handled. Moves made while down are not undone.
+    async fn up(&mut self, caller: ctl::Caller, watcher: &NetWatcher) -> Response {
+        if self.up {
+            return Response::Ok {
+                message: "roam is already up".into(),
+            };
+        }
+        match Plane::open(&self.settings, &[]) {
+            Ok((p, _)) => self.plane = p,
+            Err(e) => {
+                return Response::Error {
+                    message: format!("cannot go up: {e:#}"),
+                };
+            }
+        }
+        self.up = true;
+        self.start(watcher).await;
+        let flows = self.flows.len();
+        info!(uid = ?caller.uid, pid = ?caller.pid, flows, "roam up");
+        self.record(format!("roam up: {flows} flow(s) found again"));
+        Response::Ok {
+            message: format!("roam is up: {flows} flow(s) registered again, moves are handled"),
+        }
     }
 
     fn now(&self) -> Instant {
@@ -325,6 +669,11 @@ impl Daemon {
             debug!(commands = batch.len(), "data plane batch");
             if let Err(e) = self.plane.apply_batch(&batch) {
                 warn!("data plane refused {} command(s): {e}", batch.len());
+            }
+            // Before the datagrams that tell the peer: once it acts on them, a restart
+            // here must come back with these entries.
+            if batch.iter().any(|c| matches!(c, DataPlaneCommand::Table(_))) {
+                self.persist();
             }
         }
         while let Some(t) = self.endpoint.poll_transmit() {
@@ -407,6 +756,10 @@ impl Daemon {
     async fn net_event(&mut self, watcher: &NetWatcher, ev: NetEvent) {
         self.counters.address_events += 1;
         debug!(?ev, "kernel event");
+        if !self.up {
+            // `roam up` reads the addresses afresh.
+            return;
+        }
         if matches!(ev, NetEvent::RouteChanged { .. }) && !self.unrouted.is_empty() {
             self.send_unrouted();
         }
@@ -528,6 +881,7 @@ impl Daemon {
             .peers()
             .map(|p| PeerStatus {
                 node: p.id.to_string(),
+                name: self.peer_names.get(&p.public_key).cloned(),
                 public_key: p.public_key.to_string(),
                 control: p.control,
                 addresses: p.addrs.iter().copied().collect(),
@@ -542,24 +896,39 @@ impl Daemon {
             public_key: self.endpoint.public_key().to_string(),
             pid: std::process::id(),
             uptime_s: self.started.elapsed().as_secs_f64(),
+            up: self.up,
+            control_socket: self.socket.clone(),
             control_port: self.settings.control_port,
             data_plane: format!("{:?}", self.settings.data_plane).to_lowercase(),
-            data_plane_counters: self.plane.counters(),
+            data_plane_counters: self.plane.counters().map(PlaneCounters::Live),
             addresses: self.usable.iter().copied().collect(),
             retained: self.retained.iter().copied().collect(),
             peers,
-            flows: self.endpoint.flows().cloned().collect(),
-            counters: self.endpoint.counters().clone(),
+            flows: self.endpoint.flows().map(Into::into).collect(),
+            counters: {
+                let mut c = self.retired_counters.clone();
+                c.add(&NamedCounters::from(self.endpoint.counters()));
+                c
+            },
             daemon: self.counters.clone(),
             events: self.events.iter().cloned().collect(),
         }
     }
 
+    /// Writes the status file and hands the metrics server its numbers (one snapshot
+    /// for both).
     fn write_status(&self) {
+        if self.options.status_file.is_none() && self.metrics.is_none() {
+            return;
+        }
+        let status = self.status();
         if let Some(path) = &self.options.status_file
-            && let Err(e) = self.status().write_to(path)
+            && let Err(e) = status.write_to(path)
         {
             warn!(path = %path.display(), "cannot write the status: {e}");
+        }
+        if let Some(m) = &self.metrics {
+            m.publish(&status);
         }
     }
 }

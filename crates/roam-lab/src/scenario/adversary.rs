@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use etherparse::{SlicedPacket, TransportSlice};
 use serde_json::Value;
 
-use super::{CheckReport, Run, StreamReport};
+use super::{Run, StreamReport, check};
 use crate::capture::Protocol;
 use crate::netns::{LabError, Ns, NsThread};
 use crate::sys::{self, PacketOptions, PacketSocket};
@@ -882,7 +882,7 @@ fn interfaces(ns: &Ns) -> Result<Vec<String>, LabError> {
 /// Flow entries roam's data plane keeps in the kernel of `ns`: the map elements of
 /// roam's nftables table (none if there is no table), or `ip rule`s other than the
 /// kernel's own (the TUN plane routes each translated flow's original tuple by one).
-fn translation_entries(ns: &Ns, data_plane: &str) -> Result<usize, LabError> {
+pub(super) fn translation_entries(ns: &Ns, data_plane: &str) -> Result<usize, LabError> {
     if data_plane != "nftables" {
         return extra_rules(ns);
     }
@@ -925,15 +925,6 @@ fn extra_rules(ns: &Ns) -> Result<usize, LabError> {
 fn translated_packets(status: &Value, way: &str) -> Option<u64> {
     let c = &status["data_plane_counters"];
     c[way]["packets"].as_u64().or_else(|| c["plane"][way].as_u64())
-}
-
-fn check(run: &mut Run, what: String, expected: impl ToString, observed: impl ToString, ok: bool) {
-    run.checks.push(CheckReport {
-        what,
-        expected: expected.to_string(),
-        observed: observed.to_string(),
-        ok,
-    });
 }
 
 fn check_eq(run: &mut Run, what: String, expected: u64, observed: u64) {

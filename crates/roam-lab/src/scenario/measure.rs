@@ -45,7 +45,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{MoveReport, Run, StreamReport};
+use super::{MoveReport, Run, StreamReport, end_stream};
 use crate::capture::{CaptureSummary, PacketFilter, Protocol, goodput};
 use crate::netns::{Child, ChildOutput, LabError, Ns};
 use crate::topology::Family;
@@ -445,26 +445,7 @@ pub(super) fn moves(run: &mut Run) -> Result<(), LabError> {
         sleep_until_instant(first + MOVE_INTERVAL * n as u32);
         Ok(())
     })();
-    let sent = source.stop()?;
-    // A live stream delivers the rest within a few RTTs, then the FIN; a dead one never
-    // does, and is not waited for past this.
-    let until = Instant::now() + Duration::from_secs(10);
-    while sink.received() < sent.bytes && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let got = if sink.received() >= sent.bytes {
-        sink.join()?
-    } else {
-        sink.stop()?
-    };
-    run.streams.push(StreamReport {
-        name: "bulk a->b".into(),
-        bytes_sent: sent.bytes,
-        bytes_received: got.bytes,
-        ok: got.completed && sent.bytes > 0 && got.bytes == sent.bytes && got.sha256 == sent.sha256,
-        sent_sha256: sent.sha256,
-        received_sha256: got.sha256,
-    });
+    end_stream(run, sink, source)?;
     run.plan = Some(Plan::default());
     moved
 }
@@ -642,7 +623,7 @@ fn intervals(report: &serde_json::Value) -> Vec<Iperf3Interval> {
 
 /// Waits up to `within` for `child` to exit, kills it if it has not, and returns its
 /// exit status (`None` if it had to be killed) and stdout.
-fn wait_or_kill(child: Child, within: Duration) -> Result<(Option<ExitStatus>, String), LabError> {
+pub(super) fn wait_or_kill(child: Child, within: Duration) -> Result<(Option<ExitStatus>, String), LabError> {
     let exited = child.wait_timeout(within)?;
     if exited.is_none() {
         tracing::warn!("{} still running after {within:?}: killed", child.command());
@@ -654,7 +635,7 @@ fn wait_or_kill(child: Child, within: Duration) -> Result<(Option<ExitStatus>, S
 
 /// Polls `ss` in `ns` until something listens on TCP `port` (bounded; an early exit of
 /// `server` is an error carrying what it printed).
-fn wait_listening(ns: &Ns, port: u16, server: &Child, within: Duration) -> Result<(), LabError> {
+pub(super) fn wait_listening(ns: &Ns, port: u16, server: &Child, within: Duration) -> Result<(), LabError> {
     let deadline = Instant::now() + within;
     let filter = format!("sport = :{port}");
     loop {
@@ -679,15 +660,15 @@ fn wait_listening(ns: &Ns, port: u16, server: &Child, within: Duration) -> Resul
     }
 }
 
-/// Stops roamd on both hosts the way a service manager does (SIGTERM): each deletes its
-/// data plane's kernel state and releases the addresses it kept, then writes its last
-/// status (which the report shows).
+/// Takes roam out of both hosts (`roam down`, then SIGTERM: see `Run::stop_roamd`):
+/// each deletes its data plane's kernel state and releases the addresses it kept, then
+/// writes its last status (which the report shows).
 fn stop_roamd(run: &mut Run) -> Result<(), LabError> {
     if run.roamd.is_empty() {
         return Ok(());
     }
     run.notes
-        .push("roamd stopped (SIGTERM) on A and B before the plain-TCP run".into());
+        .push("roam down and roamd stopped (SIGTERM) on A and B before the plain-TCP run".into());
     for host in ["a", "b"] {
         if !run.stop_roamd(host)? {
             run.notes.push(format!(
@@ -699,7 +680,7 @@ fn stop_roamd(run: &mut Run) -> Result<(), LabError> {
 }
 
 /// `name`, if it is an executable file on `PATH` (as `ip netns exec` will look for it).
-fn find_program(name: &str) -> Result<PathBuf, LabError> {
+pub(super) fn find_program(name: &str) -> Result<PathBuf, LabError> {
     use std::os::unix::fs::PermissionsExt;
     std::env::var_os("PATH")
         .iter()
@@ -732,7 +713,7 @@ fn sleep_until(t: SystemTime) {
     }
 }
 
-fn sleep_until_instant(t: Instant) {
+pub(super) fn sleep_until_instant(t: Instant) {
     std::thread::sleep(t.saturating_duration_since(Instant::now()));
 }
 
@@ -740,7 +721,7 @@ fn sleep_until_instant(t: Instant) {
 // Files
 
 /// Writes `len` bytes of the seed's [`Pattern`] to `path`.
-fn write_pattern_file(path: &Path, seed: u64, len: u64) -> Result<(), LabError> {
+pub(super) fn write_pattern_file(path: &Path, seed: u64, len: u64) -> Result<(), LabError> {
     let io = |e| LabError::io(format!("writing {}", path.display()), e);
     let mut file = BufWriter::new(File::create(path).map_err(io)?);
     let mut pattern = Pattern::new(seed);
@@ -757,19 +738,19 @@ fn write_pattern_file(path: &Path, seed: u64, len: u64) -> Result<(), LabError> 
 
 /// A received file against the sent pattern.
 #[derive(Debug, PartialEq, Eq)]
-struct PrefixCheck {
-    bytes: u64,
+pub(super) struct PrefixCheck {
+    pub(super) bytes: u64,
     /// SHA-256 of the file.
-    received_sha256: String,
+    pub(super) received_sha256: String,
     /// SHA-256 of as many bytes of the pattern.
-    sent_sha256: String,
+    pub(super) sent_sha256: String,
     /// The first byte at which they differ.
-    first_difference: Option<u64>,
+    pub(super) first_difference: Option<u64>,
 }
 
 /// Compares the file at `path` (missing: empty) with the first bytes of the seed's
 /// pattern, hashing both.
-fn check_prefix(path: &Path, seed: u64) -> Result<PrefixCheck, LabError> {
+pub(super) fn check_prefix(path: &Path, seed: u64) -> Result<PrefixCheck, LabError> {
     let io = |e| LabError::io(format!("reading {}", path.display()), e);
     let mut file = match File::open(path) {
         Ok(f) => Some(f),

@@ -15,11 +15,15 @@ use crate::capture::{
     Capture, CaptureOptions, CaptureSummary, PacketFilter, Protocol, goodput, handover_gap,
 };
 use crate::netns::{Child, ChildOutput, LabError, Ns, run_checked};
+use crate::timeline::Timeline;
 use crate::topology::{B_IF, Family, MoveTimes, Subnet, Topology, TopologyOptions};
 use crate::traffic::{SinkReport, SourceReport, TcpSink, TcpSource};
 
 mod adversary;
 mod measure;
+mod output;
+mod programs;
+mod restart;
 mod sessions;
 mod tcp;
 
@@ -90,6 +94,36 @@ pub const SCENARIOS: &[ScenarioInfo] = &[
         description: "one bulk TCP stream across --moves moves 2 s apart (subnet 1 <-> 2): each gap, then p50/p90/max",
         run: measure::moves,
     },
+    ScenarioInfo {
+        name: "curl",
+        description: "curl (unmodified) downloads --bytes from python3 -m http.server on B; A moves 30% in (exit 0, digest)",
+        run: programs::curl,
+    },
+    ScenarioInfo {
+        name: "ssh",
+        description: "ssh (unmodified, to Debian's sshd on B) streams a command's --bytes of output; A moves 30% in (exit 0, digest)",
+        run: programs::ssh,
+    },
+    ScenarioInfo {
+        name: "socat",
+        description: "socat at both ends exchanges --bytes each way on one TCP connection; A moves 30% in (exit 0, digests)",
+        run: programs::socat,
+    },
+    ScenarioInfo {
+        name: "restart-kill9",
+        description: "a TCP stream; A moves; A's roamd is killed (SIGKILL) and restarted 1 s later from its state file; A moves back",
+        run: restart::restart_kill9,
+    },
+    ScenarioInfo {
+        name: "upgrade",
+        description: "a TCP stream; A moves; A's roamd is stopped (SIGTERM) and started from a copy of the binary at a new path; A moves back",
+        run: restart::upgrade,
+    },
+    ScenarioInfo {
+        name: "restart-b",
+        description: "a TCP stream; A moves; B's roamd is killed (SIGKILL) and restarted 1 s later from its state file; A moves back",
+        run: restart::restart_b,
+    },
 ];
 
 /// How a lab run is set up.
@@ -117,6 +151,11 @@ pub struct LabOptions {
     pub moves: usize,
     /// Length of the `iperf3` scenario's run across the move (whole seconds).
     pub duration: Duration,
+    /// Write the report (`report.txt`, `report.json`) and the measured stream's goodput
+    /// (`goodput.png`, `goodput.csv`) here; nothing is written when `None`.
+    pub out: Option<PathBuf>,
+    /// The goodput series' bin width (1 ms to 10 s).
+    pub bin: Duration,
 }
 
 impl LabOptions {
@@ -134,6 +173,8 @@ impl LabOptions {
             keep: None,
             moves: 10,
             duration: Duration::from_secs(10),
+            out: None,
+            bin: crate::timeline::DEFAULT_BIN,
         }
     }
 }
@@ -186,6 +227,10 @@ pub struct MoveReport {
     /// The longest time no new payload reached B's link within 3 s of the move.
     pub gap_ms: Option<f64>,
     pub recovered: bool,
+    /// Where the gap lay, seconds from the start of the run: the last payload packet
+    /// before it, and the first after it (or the end of the window).
+    pub gap_from_s: Option<f64>,
+    pub gap_to_s: Option<f64>,
     pub goodput_before_mbps: f64,
     pub goodput_after_mbps: f64,
 }
@@ -214,6 +259,13 @@ pub struct LabReport {
     /// roamd's status on each host at the end (its JSON snapshot).
     pub roamd: Vec<(String, serde_json::Value)>,
     pub notes: Vec<String>,
+    /// The measured stream's goodput over the run, its moves and gaps (what the plot
+    /// shows); `None` when the scenario measures no stream.
+    pub timeline: Option<Timeline>,
+    /// The goodput plot (PNG), when one was written.
+    pub plot: Option<String>,
+    /// Where the report and the plot were written (`LabOptions::out`).
+    pub out_dir: Option<String>,
     pub ok: bool,
     pub wall_s: f64,
 }
@@ -294,6 +346,12 @@ impl std::fmt::Display for LabReport {
                 c["drop_unknown_session"],
             )?;
         }
+        if let Some(p) = &self.plot {
+            writeln!(f, "  goodput plot: {p}")?;
+        }
+        if let Some(d) = &self.out_dir {
+            writeln!(f, "  report written to {d}")?;
+        }
         for n in &self.notes {
             writeln!(f, "  note: {n}")?;
         }
@@ -332,7 +390,11 @@ pub fn run(name: &str, options: &LabOptions) -> Result<LabReport, LabError> {
     let info = find(name)?;
     let mut run = Run::start(info.name, options)?;
     let result = (info.run)(&mut run);
-    run.finish(result)
+    let mut report = run.finish(result)?;
+    if let Some(dir) = &options.out {
+        output::write_report(dir, &mut report);
+    }
+    Ok(report)
 }
 
 /// A run in progress: the topology, roamd on both hosts, the capture.
@@ -362,6 +424,16 @@ pub struct Run {
 
 impl Run {
     fn start(name: &'static str, options: &LabOptions) -> Result<Run, LabError> {
+        // Bad options are refused before anything is built.
+        if !(Duration::from_millis(1)..=Duration::from_secs(10)).contains(&options.bin) {
+            return Err(LabError::Invalid(format!(
+                "the goodput bin must be 1 ms to 10 s, not {:?}",
+                options.bin
+            )));
+        }
+        if let Some(out) = &options.out {
+            output::prepare(out)?;
+        }
         let topology = Topology::build(TopologyOptions {
             rtt: options.rtt,
             rate_bps: options.rate_bps,
@@ -436,6 +508,8 @@ impl Run {
             let key = dir.join("host.key");
             // A kept directory from an earlier run: keygen never overwrites.
             let _ = std::fs::remove_file(&key);
+            // Nor may its roamd restore that run's translation entries.
+            let _ = std::fs::remove_file(dir.join("state.json"));
             let bin = self.options.roam_binary.display().to_string();
             let out = run_checked(
                 &bin,
@@ -468,13 +542,23 @@ impl Run {
     }
 
     fn spawn_roamd(&mut self, host: &str) -> Result<(), LabError> {
+        let bin = self.options.roam_binary.clone();
+        self.spawn_roamd_from(host, &bin)
+    }
+
+    /// Starts `roam daemon` on `host` from the executable `bin` (a restart may run
+    /// another copy, as an upgrade does).
+    fn spawn_roamd_from(&mut self, host: &str, bin: &std::path::Path) -> Result<(), LabError> {
         let dir = self.dir.join(host);
         let status = dir.join("status.json");
         let _ = std::fs::remove_file(&status);
         let ns = if host == "a" { self.a() } else { self.b() };
-        let bin = self.options.roam_binary.display().to_string();
+        let bin = bin.display().to_string();
         let config = dir.join("roam.toml").display().to_string();
         let status_arg = status.display().to_string();
+        // Each host's own state file and control socket: the hosts share a file system.
+        let state_arg = dir.join("state.json").display().to_string();
+        let socket_arg = dir.join("roamd.sock").display().to_string();
         let log_level = std::env::var("ROAM_LAB_LOG").unwrap_or_else(|_| "info".into());
         let child = ns.spawn(
             &[
@@ -486,6 +570,10 @@ impl Run {
                 &config,
                 "--status-file",
                 &status_arg,
+                "--state",
+                &state_arg,
+                "--socket",
+                &socket_arg,
             ],
             ChildOutput::File(dir.join("roamd.log")),
         )?;
@@ -502,10 +590,24 @@ impl Run {
             .ok_or_else(|| LabError::Invalid(format!("roamd is not running on {host}")))
     }
 
-    /// Stops roamd on `host` the way an operator or a service manager would (SIGTERM:
-    /// it deletes its data plane's kernel state and writes its last status), waiting up
-    /// to 10 s; kills it past that. True if it exited on SIGTERM.
+    /// Takes roam out of `host` and stops roamd, the way an operator removing it would:
+    /// `roam down` (every translation entry and kept address goes, and the state file
+    /// is emptied), then SIGTERM (roamd writes its last status and exits), waiting up to
+    /// 10 s; kills it past that. True if it exited on SIGTERM. (A bare SIGTERM, a
+    /// service manager's stop, leaves the entries for the next roamd.)
     fn stop_roamd(&mut self, host: &str) -> Result<bool, LabError> {
+        let socket = self.dir.join(host).join("roamd.sock");
+        let down = std::process::Command::new(&self.options.roam_binary)
+            .args(["down", "--socket"])
+            .arg(&socket)
+            .output()
+            .map_err(|e| LabError::io(format!("running roam down on {host}"), e))?;
+        if !down.status.success() {
+            return Err(LabError::Invalid(format!(
+                "roam down on {host}: {}",
+                String::from_utf8_lossy(&down.stderr).trim()
+            )));
+        }
         let child = self.roamd(host)?;
         crate::sys::signal(child.pid(), libc::SIGTERM)
             .map_err(|e| LabError::io(format!("stopping roamd on {host}"), e))?;
@@ -662,6 +764,8 @@ impl Run {
                 address_change_ms: t.duration().as_secs_f64() * 1e3,
                 gap_ms: None,
                 recovered: false,
+                gap_from_s: None,
+                gap_to_s: None,
                 goodput_before_mbps: 0.0,
                 goodput_after_mbps: 0.0,
             };
@@ -681,6 +785,8 @@ impl Run {
                 if let Some(g) = handover_gap(&summary.records, &filter, t.started, before, after) {
                     report.gap_ms = Some(g.length.as_secs_f64() * 1e3);
                     report.recovered = g.recovered;
+                    report.gap_from_s = Some(since(g.from, self.started).as_secs_f64());
+                    report.gap_to_s = Some(since(g.to, self.started).as_secs_f64());
                 }
                 let second = Duration::from_secs(1);
                 let mbps = |from: SystemTime, to: SystemTime| {
@@ -701,6 +807,19 @@ impl Run {
             .iter()
             .filter_map(|h| self.status(h).map(|s| (h.to_string(), s)))
             .collect();
+        // What `roam status` shows on each host at the end, for a person to read.
+        if let Some(out) = self.options.out.clone() {
+            let hosts: Vec<String> = self.roamd.iter().map(|(h, _)| h.clone()).collect();
+            for host in hosts {
+                let socket = self.dir.join(&host).join("roamd.sock");
+                match output::write_roam_status(&out, &self.options.roam_binary, &host, &socket) {
+                    Ok(path) => self
+                        .notes
+                        .push(format!("`roam status` on {host}: {}", path.display())),
+                    Err(e) => self.notes.push(format!("no `roam status` from {host}: {e}")),
+                }
+            }
+        }
         for (_, c) in &self.roamd {
             c.kill();
         }
@@ -709,6 +828,17 @@ impl Run {
             self.notes.push(format!("scenario error: {e}"));
         }
         let moves = self.measure_moves(summary.as_ref());
+        let timeline = self.timeline(summary.as_ref(), &moves);
+        let plot = match (&self.options.out, &timeline) {
+            (Some(dir), Some(t)) => match output::write_plot(dir, self.name, &self.options, t) {
+                Ok(path) => Some(path.display().to_string()),
+                Err(e) => {
+                    self.notes.push(format!("no goodput plot: {e}"));
+                    None
+                }
+            },
+            _ => None,
+        };
         let measured = self
             .plan
             .take()
@@ -756,6 +886,9 @@ impl Run {
             expected_broken: self.expected_broken.clone(),
             roamd,
             notes: self.notes.clone(),
+            timeline,
+            plot,
+            out_dir: self.options.out.as_ref().map(|d| d.display().to_string()),
             ok,
             wall_s: self.wall.elapsed().as_secs_f64(),
         };
@@ -764,4 +897,57 @@ impl Run {
         }
         Ok(report)
     }
+}
+
+/// Records a check in the report: what was checked, what was expected and observed.
+pub(super) fn check(run: &mut Run, what: String, expected: impl ToString, observed: impl ToString, ok: bool) {
+    run.checks.push(CheckReport {
+        what,
+        expected: expected.to_string(),
+        observed: observed.to_string(),
+        ok,
+    });
+}
+
+/// Stops the stream and waits (bounded) for everything sent to arrive; reports it.
+pub(super) fn end_stream(run: &mut Run, sink: TcpSink, source: TcpSource) -> Result<(), LabError> {
+    let handed = source.sent();
+    let sent = match source.stop() {
+        Ok(s) => s,
+        Err(e) => {
+            // The connection failed under the source (a reset): what it sent is not
+            // known byte for byte, and the stream is broken.
+            let got = sink.stop()?;
+            run.notes.push(format!("the source failed: {e}"));
+            run.streams.push(StreamReport {
+                name: "bulk a->b".into(),
+                bytes_sent: handed,
+                bytes_received: got.bytes,
+                sent_sha256: String::new(),
+                received_sha256: got.sha256,
+                ok: false,
+            });
+            return Ok(());
+        }
+    };
+    // A live stream delivers the rest within a few round trips, then the FIN; a dead one
+    // never does, and is not waited for past this.
+    let until = Instant::now() + Duration::from_secs(10);
+    while sink.received() < sent.bytes && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let got = if sink.received() >= sent.bytes {
+        sink.join()?
+    } else {
+        sink.stop()?
+    };
+    run.streams.push(StreamReport {
+        name: "bulk a->b".into(),
+        bytes_sent: sent.bytes,
+        bytes_received: got.bytes,
+        ok: got.completed && sent.bytes > 0 && got.bytes == sent.bytes && got.sha256 == sent.sha256,
+        sent_sha256: sent.sha256,
+        received_sha256: got.sha256,
+    });
+    Ok(())
 }
