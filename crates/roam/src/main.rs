@@ -172,7 +172,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Measurements that decide how roam is built (root): `roam bench dataplane`.
+    /// Measurements that decide how roam is built: `roam bench dataplane` (root), `roam bench sim`.
     Bench(bench::BenchArgs),
     /// Run roamd, the host daemon, in the foreground (the same as the `roamd` command).
     Daemon(roam::DaemonArgs),

@@ -111,6 +111,29 @@ fn a_run_writes_its_report_and_a_goodput_plot_of_the_move() {
         assert!(status_a.contains(needle), "{needle:?} in:\n{status_a}");
     }
     assert!(!status_a.contains("drop_"), "{status_a}");
+    // And `roam status --json` agrees with what the lab did: one peer (B), one flow,
+    // moved from A's subnet-1 address to its subnet-2 address, one move completed.
+    let json_a: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("roam-status-a.json")).unwrap())
+            .expect("roam status --json parses");
+    assert_eq!(json_a["peers"].as_array().map(Vec::len), Some(1), "{json_a}");
+    let flows: Vec<&serde_json::Value> = json_a["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| {
+            f["original"]["remote"]
+                .as_str()
+                .is_some_and(|r| r.ends_with(":5001"))
+        })
+        .collect();
+    assert_eq!(flows.len(), 1, "{json_a}");
+    let (orig, cur) = (&flows[0]["original"]["local"], &flows[0]["current"]["local"]);
+    assert!(orig.as_str().unwrap().starts_with("10.201.1.2:"), "{orig}");
+    assert!(cur.as_str().unwrap().starts_with("10.201.2.2:"), "{cur}");
+    assert_eq!(flows[0]["moves"], 1, "{json_a}");
+    assert_eq!(json_a["counters"]["flows_moved"], 1, "{json_a}");
+    assert_eq!(json_a["counters"]["flows_move_failed"], 0, "{json_a}");
     assert!(txt.contains("`roam status` on a:"), "{txt}");
 
     let _ = std::fs::remove_dir_all(&out);

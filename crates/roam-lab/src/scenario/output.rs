@@ -16,12 +16,13 @@ pub const REPORT_TXT: &str = "report.txt";
 pub const REPORT_JSON: &str = "report.json";
 pub const GOODPUT_PNG: &str = "goodput.png";
 pub const GOODPUT_CSV: &str = "goodput.csv";
-/// `roam status` as each host's roamd answered it at the end of the run (`{}` is the
-/// host: a, b).
+/// `roam status` as each host's roamd answered it at the end of the run, for people
+/// (`.txt`) and as `roam status --json` printed it (`.json`); `{}` is the host (a, b).
 pub const ROAM_STATUS_TXT: &str = "roam-status-{}.txt";
+pub const ROAM_STATUS_JSON: &str = "roam-status-{}.json";
 
-fn roam_status_file(host: &str) -> String {
-    ROAM_STATUS_TXT.replace("{}", host)
+fn roam_status_files(host: &str) -> [String; 2] {
+    [ROAM_STATUS_TXT, ROAM_STATUS_JSON].map(|f| f.replace("{}", host))
 }
 
 /// Makes `dir` ready before anything runs: created if missing, refused if it is not a
@@ -35,7 +36,7 @@ pub(super) fn prepare(dir: &Path) -> Result<(), LabError> {
         )));
     }
     std::fs::create_dir_all(dir).map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
-    let statuses = ["a", "b"].map(roam_status_file);
+    let statuses = ["a", "b"].map(roam_status_files).concat();
     for name in [REPORT_TXT, REPORT_JSON, GOODPUT_PNG, GOODPUT_CSV]
         .into_iter()
         .chain(statuses.iter().map(String::as_str))
@@ -102,21 +103,25 @@ pub(super) fn write_roam_status(
     host: &str,
     socket: &Path,
 ) -> Result<PathBuf, LabError> {
-    let out = std::process::Command::new(roam)
-        .arg("status")
-        .arg("--socket")
-        .arg(socket)
-        .output()
-        .map_err(|e| LabError::io(format!("running {} status", roam.display()), e))?;
-    if !out.status.success() {
-        return Err(LabError::Invalid(format!(
-            "roam status on {host}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+    let [txt, json] = roam_status_files(host);
+    for (args, name) in [(&["status"][..], &txt), (&["status", "--json"][..], &json)] {
+        let out = std::process::Command::new(roam)
+            .args(args)
+            .arg("--socket")
+            .arg(socket)
+            .output()
+            .map_err(|e| LabError::io(format!("running {} status", roam.display()), e))?;
+        if !out.status.success() {
+            return Err(LabError::Invalid(format!(
+                "roam status on {host}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let path = dir.join(name);
+        std::fs::write(&path, &out.stdout)
+            .map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
     }
-    let path = dir.join(roam_status_file(host));
-    std::fs::write(&path, &out.stdout).map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
-    Ok(path)
+    Ok(dir.join(txt))
 }
 
 /// Writes `report` as `report.txt` and `report.json` into `dir`. A failure is noted in
