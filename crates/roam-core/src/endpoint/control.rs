@@ -125,7 +125,7 @@ impl Endpoint {
             ConnectionUpdateRequest => self.on_update_request(remote, &msg),
             Termination => self.on_termination(local, remote, &msg),
             TerminationAck => self.on_termination_ack(now, &msg),
-            PathChallenge => self.on_path_challenge(local, remote, &msg),
+            PathChallenge => self.on_path_challenge(now, local, remote, &msg),
             PathResponse => self.on_path_response(now, remote, &msg),
             // Registration is the handshake now; Subscribe, Publish and Notify are for
             // the rendezvous service.
@@ -461,7 +461,7 @@ impl Endpoint {
         }
         self.sync_entry(o);
         if let Some(t) = since {
-            self.nudge(o, now - t);
+            self.defer_own_nudge(now, o, now - t);
         }
     }
 

@@ -121,6 +121,27 @@ pub(crate) struct DeferredNudge {
     pub applied: Instant,
 }
 
+/// The mover's own nudge for a flow whose move the peer confirmed, waiting for the
+/// peer to be able to take what it starts.
+///
+/// The nudge makes our TCP send its current ACK, which (for data the peer sends us)
+/// makes the peer's sender retransmit what the move lost. But the peer sends to our new
+/// address under a return-routability budget (RFC 9000 §8-§9) until we answer its path
+/// challenge, and a retransmitted window is far over it: nudged at the confirmation, the
+/// peer's retransmission is dropped by its own data plane and its sender falls back to
+/// its timeout (measured in the lab: 230-390 ms gaps for streams towards the mover,
+/// against ~60 ms for streams from it). So the nudge waits for the challenge: it goes
+/// [`Config::nudge_settle`](super::Config::nudge_settle) after our answer (the ACK then
+/// arrives that long after the answer, once the peer has lifted the budget), or at
+/// `due` if no challenge comes (lost, or a peer that does not challenge).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OwnNudge {
+    /// How long the flow had been without a path when the move was confirmed.
+    pub outage: std::time::Duration,
+    pub confirmed: Instant,
+    pub due: Instant,
+}
+
 /// Ports handed out by remaps: the IANA dynamic range (RFC 6335 §6).
 const REMAP_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
 
@@ -472,6 +493,60 @@ impl Endpoint {
             None => TableChange::RemoveFlow { original: *original },
         };
         self.install(change);
+    }
+
+    /// Our move of `original` was confirmed after an outage of `outage`: its nudge waits
+    /// for the peer's path challenge (see [`OwnNudge`]), at most one retransmission
+    /// timeout of the peer's.
+    pub(super) fn defer_own_nudge(&mut self, now: Instant, original: &Tuple, outage: std::time::Duration) {
+        let Some(f) = self.flows.get(original) else { return };
+        if original.protocol != Protocol::Tcp {
+            return;
+        }
+        let rtt = match f.peer {
+            FlowPeer::Peer(p) => self.peers.get(&p).and_then(|p| p.srtt),
+            _ => None,
+        };
+        let due = now + self.rto_for(rtt) + self.config.nudge_settle;
+        self.own_nudges.insert(
+            *original,
+            OwnNudge {
+                outage,
+                confirmed: now,
+                due,
+            },
+        );
+    }
+
+    /// We answered a path challenge from `remote` at our address `local`: the own
+    /// nudges of flows on that path go once the peer has had time to lift its budget.
+    pub(super) fn challenge_answered(&mut self, now: Instant, local: IpAddr, remote: IpAddr) {
+        let settle = now + self.config.nudge_settle;
+        for (o, n) in self.own_nudges.iter_mut() {
+            if let Some(f) = self.flows.get(o)
+                && f.current.local.ip() == local
+                && f.current.remote.ip() == remote
+            {
+                n.due = n.due.min(settle);
+            }
+        }
+    }
+
+    /// Own nudges whose time has come; those of flows that closed or moved again
+    /// meanwhile are dropped (a newer move brings its own).
+    pub(super) fn own_nudge_timeouts(&mut self, now: Instant) {
+        let due: Vec<(Tuple, OwnNudge)> = self
+            .own_nudges
+            .iter()
+            .filter(|(_, n)| n.due <= now)
+            .map(|(o, n)| (*o, *n))
+            .collect();
+        for (o, n) in due {
+            self.own_nudges.remove(&o);
+            if self.flows.get(&o).is_some_and(|f| f.moving_since.is_none()) {
+                self.nudge(&o, n.outage + (now - n.confirmed));
+            }
+        }
     }
 
     /// The path of a TCP flow works again after an outage of `outage`: ask the data

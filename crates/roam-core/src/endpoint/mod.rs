@@ -94,6 +94,14 @@ pub struct Config {
     /// retransmission timeout (Linux's minimum is 200 ms, RFC 6298's 1 s), and a nudge
     /// then only causes a spurious retransmission and a smaller congestion window.
     pub nudge_after: Duration,
+    /// How long after answering the peer's path challenge the mover nudges its own TCP
+    /// (whose ACK makes the peer's sender retransmit): the peer lifts its
+    /// return-routability budget for our new address when the answer arrives, and its
+    /// data plane needs a moment to commit that (an nftables transaction: 3 ms, more on
+    /// a loaded host). The ACK, sent this much after the answer on the same path, then
+    /// finds the budget gone instead of having the retransmission it asks for dropped
+    /// (and the sender back in its timeout). See `OwnNudge` in flow.rs.
+    pub nudge_settle: Duration,
     /// Upper bound on flows remapped to resolve conflicts (seed 000 ¶0069), so that a
     /// flood of colliding packets cannot grow the table without bound.
     pub max_remapped_flows: usize,
@@ -142,6 +150,7 @@ impl Config {
             not_capable_ttl: Duration::from_secs(60),
             max_remapped_flows: 4096,
             nudge_after: Duration::from_millis(200),
+            nudge_settle: Duration::from_millis(10),
             rekey_after: Duration::from_secs(120),
             rekey_after_messages: 1 << 20,
             rekey_grace: Duration::from_secs(10),
@@ -410,6 +419,9 @@ pub struct Endpoint {
     /// Handshake initiations seen in the current second (load detection).
     load: (Instant, u32),
     remapped_flows: usize,
+    /// Our own flows' nudges, waiting for the peer to prove it can take the traffic
+    /// they start (see `OwnNudge`).
+    own_nudges: BTreeMap<Tuple, flow::OwnNudge>,
     transmits: VecDeque<Transmit>,
     dataplane: VecDeque<DataPlaneCommand>,
     events: VecDeque<Event>,
@@ -448,6 +460,7 @@ impl Endpoint {
             cookies,
             load: (Instant::ZERO, 0),
             remapped_flows: 0,
+            own_nudges: BTreeMap::new(),
             transmits: VecDeque::new(),
             dataplane: VecDeque::new(),
             events: VecDeque::new(),
@@ -558,7 +571,13 @@ impl Endpoint {
                 .map(|r| r.created + secure::RESPONDER_WAIT),
         );
         let sessions = self.sessions.values().map(|s| self.session_deadline(s));
-        peers.chain(probes).chain(handshakes).chain(sessions).min()
+        let nudges = self.own_nudges.values().map(|n| n.due);
+        peers
+            .chain(probes)
+            .chain(handshakes)
+            .chain(sessions)
+            .chain(nudges)
+            .min()
     }
 
     fn on_timeout(&mut self, now: Instant) {
@@ -568,6 +587,7 @@ impl Endpoint {
         self.session_timeouts(now);
         self.update_timeouts(now);
         self.path_timeouts(now);
+        self.own_nudge_timeouts(now);
     }
 
     // ---- helpers shared by the submodules ----

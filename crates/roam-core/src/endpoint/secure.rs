@@ -914,7 +914,13 @@ impl Endpoint {
     }
 
     /// The mover's side: echo a challenge, from the address it came to.
-    pub(super) fn on_path_challenge(&mut self, local: SocketAddr, remote: SocketAddr, msg: &Message) {
+    pub(super) fn on_path_challenge(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        msg: &Message,
+    ) {
         let Some(token) = msg.challenge() else {
             return;
         };
@@ -925,7 +931,9 @@ impl Endpoint {
             0,
         ))
         .with(Extension::Challenge(token));
-        self.send_sealed(msg.header.sender, local.ip(), remote, reply);
+        if self.send_sealed(msg.header.sender, local.ip(), remote, reply) {
+            self.challenge_answered(now, local.ip(), remote.ip());
+        }
     }
 
     /// The peer's side: the echo came back from the address challenged.

@@ -1079,6 +1079,42 @@ fn the_peer_nudges_on_the_movers_answer_to_its_challenge_not_when_it_applies_the
 }
 
 #[test]
+fn the_mover_nudges_its_own_stack_a_settle_after_answering_the_peers_challenge() {
+    let (mut net, flow) = pair_with_flow();
+    let lat = net.latency;
+    let settle = net.ep(0).config().nudge_settle;
+    let t0 = net.now;
+    net.move_host(0, "10.0.1.2", "10.0.2.7");
+    // The answer and the challenge reach A one latency after B applied the move: A
+    // releases on the answer but does not nudge yet (B still budgets the new address,
+    // and would drop the retransmission A's ACK asks of it) ...
+    net.drive_until(t0 + lat * 2);
+    assert!(net.hosts[0].table.get(&flow).is_some_and(|m| !m.hold), "released");
+    assert_eq!(in_flight_types(&net), vec![MessageType::PathResponse]);
+    assert!(net.hosts[0].nudges.is_empty(), "no nudge at the confirmation");
+    // ... and nudges `settle` after its echo, when B has lifted the budget.
+    net.drive_until(t0 + lat * 2 + (settle - Duration::from_millis(1)));
+    assert!(net.hosts[0].nudges.is_empty(), "not before the settle time");
+    net.drive_until(t0 + lat * 2 + settle);
+    assert_eq!(
+        net.hosts[0].nudges,
+        vec![(flow, false)],
+        "one nudge, after the settle time"
+    );
+    net.drive();
+    assert_eq!(net.hosts[0].nudges.len(), 1, "nudged once");
+}
+
+#[test]
+fn without_a_challenge_the_mover_still_nudges_one_timeout_after_the_confirmation() {
+    let (mut net, flow) = pair_with_flow();
+    net.lose = Box::new(|t| t.payload[1] == MessageType::PathChallenge as u8);
+    net.move_host(0, "10.0.1.2", "10.0.2.7");
+    net.drive();
+    assert_eq!(net.hosts[0].nudges, vec![(flow, false)]);
+}
+
+#[test]
 fn an_unanswered_check_of_a_proven_address_leaves_the_flows_there_without_a_nudge() {
     let (mut net, flow) = moved_pair();
     let b_flow = flow.reversed();
