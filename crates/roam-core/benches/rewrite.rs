@@ -32,11 +32,12 @@
 //! checked, so a benchmark cannot quietly measure the wrong path (this also runs under
 //! `cargo test --benches`, where criterion runs each routine once).
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
 use std::time::SystemTime;
+
+#[path = "../../roam-wire/benches/support/ratio.rs"]
+mod ratio;
 
 use criterion::{BatchSize, BenchmarkId, Criterion};
 use etherparse::PacketBuilder;
@@ -265,8 +266,7 @@ fn dir_name(dir: Direction) -> &'static str {
     }
 }
 
-/// (benchmark, its baseline) as criterion's directory names, for the ratio table.
-type Pairs = Vec<(String, String)>;
+use ratio::Pairs;
 
 fn bench_shape(c: &mut Criterion, shape: Shape, pairs: &mut Pairs) {
     let group_name = format!("rewrite_{}", shape.name());
@@ -340,49 +340,10 @@ fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` does not, and runs each
     // routine once: no timings to report then.
     if std::env::args().any(|a| a == "--bench") {
-        ratio_table(&pairs, started);
-    }
-}
-
-/// Where criterion keeps its results: as criterion decides it ($CRITERION_HOME, else
-/// $CARGO_TARGET_DIR/criterion), else the workspace's default target directory.
-fn criterion_home() -> PathBuf {
-    if let Some(h) = std::env::var_os("CRITERION_HOME") {
-        return h.into();
-    }
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(t) => PathBuf::from(t).join("criterion"),
-        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/criterion")),
-    }
-}
-
-/// The median time (ns) of one benchmark of this run, from criterion's
-/// `<id>/new/estimates.json`; `None` if it did not run now (filtered out) or cannot be
-/// read.
-fn median_ns(id: &str, since: SystemTime) -> Option<f64> {
-    let path = criterion_home().join(id).join("new/estimates.json");
-    if std::fs::metadata(&path).ok()?.modified().ok()? < since {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
-    v["median"]["point_estimate"].as_f64()
-}
-
-/// Each benchmark's median against its baseline's, from this run.
-fn ratio_table(pairs: &Pairs, since: SystemTime) {
-    let baselines: BTreeMap<&str, Option<f64>> = pairs
-        .iter()
-        .map(|(_, b)| (b.as_str(), median_ns(b, since)))
-        .collect();
-    println!("\nrewriter, median ns per packet against the memmove baseline of the same packet");
-    println!(
-        "{:<40} {:>9} {:>11} {:>7}",
-        "benchmark", "ns", "baseline ns", "ratio"
-    );
-    for (id, base) in pairs {
-        let (Some(t), Some(Some(b))) = (median_ns(id, since), baselines.get(base.as_str())) else {
-            continue;
-        };
-        println!("{id:<40} {t:>9.1} {b:>11.1} {:>7.1}", t / b);
+        ratio::ratio_table(
+            "rewriter, median ns per packet against the memmove baseline of the same packet",
+            &pairs,
+            started,
+        );
     }
 }

@@ -32,18 +32,26 @@ fn plane(ns: &Netns, relay: bool) -> NftDataPlane {
     .expect("open the nftables data plane")
 }
 
+/// Two hosts with nftables planes (relays on or off) and a UDP flow X -> Y that X moved
+/// (the old path cut); `None` without network namespaces.
+fn moved_udp_flow(a: Addrs, relay: bool) -> Option<(TwoPlanes<NftDataPlane>, UdpFlow)> {
+    if !netns_available() {
+        return None;
+    }
+    let mut t = TwoPlanes::on(Lab::new(a), |ns, _| plane(ns, relay));
+    let u = UdpFlow::open(&t.lab, 41000);
+    t.move_x(u.original, u.current, OldPath::Cut);
+    Some((t, u))
+}
+
 /// X's UDP flow moves; Y closes its socket; X's next datagram draws a port unreachable
 /// from Y's stack, about the original tuple Y's socket had. With the relays, Y's turns it
 /// into one about the current tuple, to X's current address, and X's turns that back:
 /// X's connected socket reports ECONNREFUSED. Without them it is lost on the way.
 fn port_unreachable_reaches_the_moved_socket(a: Addrs, relay: bool) {
-    if !netns_available() {
+    let Some((t, u)) = moved_udp_flow(a, relay) else {
         return;
-    }
-    let lab = Lab::new(a);
-    let mut t = TwoPlanes::on(lab, |ns, _| plane(ns, relay));
-    let u = UdpFlow::open(&t.lab, 41000);
-    t.move_x(u.original, u.current, OldPath::Cut);
+    };
     u.exchange(u.original.local, || {
         format!("X: {:?}, Y: {:?}", t.px.counters(), t.py.counters())
     });
@@ -149,13 +157,9 @@ fn path_mtu(s: &UdpSocket, v6: bool) -> i32 {
 }
 
 fn too_big_lowers_the_moved_sockets_path_mtu(a: Addrs, relay: bool) {
-    if !netns_available() {
+    let Some((t, u)) = moved_udp_flow(a, relay) else {
         return;
-    }
-    let lab = Lab::new(a);
-    let mut t = TwoPlanes::on(lab, |ns, _| plane(ns, relay));
-    let u = UdpFlow::open(&t.lab, 41000);
-    t.move_x(u.original, u.current, OldPath::Cut);
+    };
     u.ux.connect(u.original.remote).unwrap();
     let v6 = a.y.is_ipv6();
     assert_eq!(path_mtu(&u.ux, v6), 1500, "veth MTU before");

@@ -26,8 +26,10 @@
 
 use std::hint::black_box;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::SystemTime;
+
+#[path = "support/ratio.rs"]
+mod ratio;
 
 use criterion::Criterion;
 use roam_wire::{
@@ -135,8 +137,7 @@ fn decode(bytes: &[u8], key: &SessionKey) -> Message {
     }
 }
 
-/// (benchmark, its baseline) as criterion's directory names, for the ratio table.
-type Pairs = Vec<(String, String)>;
+use ratio::Pairs;
 
 fn bench_message(c: &mut Criterion, name: &str, msg: &Message, key: &SessionKey, pairs: &mut Pairs) {
     let group_name = format!("codec_{name}");
@@ -198,45 +199,10 @@ fn main() {
         for (name, len) in sizes {
             println!("  {name:<26} {len:>5}");
         }
-        ratio_table(&pairs, started);
-    }
-}
-
-/// Where criterion keeps its results: as criterion decides it ($CRITERION_HOME, else
-/// $CARGO_TARGET_DIR/criterion), else the workspace's default target directory.
-fn criterion_home() -> PathBuf {
-    if let Some(h) = std::env::var_os("CRITERION_HOME") {
-        return h.into();
-    }
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(t) => PathBuf::from(t).join("criterion"),
-        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/criterion")),
-    }
-}
-
-/// The median time (ns) of one benchmark of this run, from criterion's
-/// `<id>/new/estimates.json`; `None` if it did not run now (filtered out) or cannot be
-/// read.
-fn median_ns(id: &str, since: SystemTime) -> Option<f64> {
-    let path = criterion_home().join(id).join("new/estimates.json");
-    if std::fs::metadata(&path).ok()?.modified().ok()? < since {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
-    v["median"]["point_estimate"].as_f64()
-}
-
-/// Each benchmark's median against its baseline's, from this run.
-fn ratio_table(pairs: &Pairs, since: SystemTime) {
-    println!("\ncodec, median ns per message against a memcpy of the datagram's length");
-    println!(
-        "{:<44} {:>9} {:>11} {:>7}",
-        "benchmark", "ns", "baseline ns", "ratio"
-    );
-    for (id, base) in pairs {
-        let (Some(t), Some(b)) = (median_ns(id, since), median_ns(base, since)) else {
-            continue;
-        };
-        println!("{id:<44} {t:>9.1} {b:>11.1} {:>7.1}", t / b);
+        ratio::ratio_table(
+            "codec, median ns per message against a memcpy of the datagram's length",
+            &pairs,
+            started,
+        );
     }
 }

@@ -272,7 +272,11 @@ fn tcp(local: &str, remote: &str) -> Tuple {
 
 /// A (10.0.1.2) and B (10.0.9.2) with one TCP flow between them, registered.
 fn pair_with_flow() -> (Net, Tuple) {
-    let mut net = Net::new(2);
+    register_pair(Net::new(2))
+}
+
+/// `pair_with_flow` on the two hosts of `net`.
+fn register_pair(mut net: Net) -> (Net, Tuple) {
     net.add_address(0, "10.0.1.2");
     net.add_address(1, "10.0.9.2");
     let a_flow = tcp("10.0.1.2:40000", "10.0.9.2:5001");
@@ -335,13 +339,7 @@ fn a_new_flow_registers_both_hosts_with_each_other() {
 #[test]
 fn each_host_announces_whether_its_data_plane_holds_packets() {
     // A's plane drops held packets (the kernel's), B's queues them (TUN, simulator).
-    let mut net = Net::with_config(2, |i, c| c.holds_packets = i == 1);
-    net.add_address(0, "10.0.1.2");
-    net.add_address(1, "10.0.9.2");
-    let a_flow = tcp("10.0.1.2:40000", "10.0.9.2:5001");
-    net.input(0, Input::FlowOpened(a_flow));
-    net.input(1, Input::FlowOpened(a_flow.reversed()));
-    net.drive();
+    let (net, _) = register_pair(Net::with_config(2, |i, c| c.holds_packets = i == 1));
     let (a, b) = (net.ep(0), net.ep(1));
     let a_at_b = b.peer(a.node_id()).unwrap().capabilities;
     let b_at_a = a.peer(b.node_id()).unwrap().capabilities;
