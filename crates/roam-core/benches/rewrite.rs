@@ -323,13 +323,7 @@ fn bench_shape(c: &mut Criterion, shape: Shape, pairs: &mut Pairs) {
 
 fn main() {
     let started = SystemTime::now();
-    // Short runs: there are 40 benchmarks, and each settles within a second on an idle
-    // core. More time does not remove the noise of a shared machine; the ratio does.
-    let mut c = Criterion::default()
-        .warm_up_time(std::time::Duration::from_millis(700))
-        .measurement_time(std::time::Duration::from_secs(2))
-        .sample_size(50)
-        .configure_from_args();
+    let mut c = ratio::criterion();
     let mut pairs = Pairs::new();
     for f in [Family::V4, Family::V6] {
         for shape in [Shape::Tcp(f), Shape::Udp(f), Shape::IcmpError(f), Shape::Miss(f)] {
@@ -337,9 +331,7 @@ fn main() {
         }
     }
     c.final_summary();
-    // `cargo bench` passes --bench; `cargo test --benches` does not, and runs each
-    // routine once: no timings to report then.
-    if std::env::args().any(|a| a == "--bench") {
+    if ratio::measuring() {
         ratio::ratio_table(
             "rewriter, median ns per packet against the memmove baseline of the same packet",
             &pairs,

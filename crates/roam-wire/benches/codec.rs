@@ -177,13 +177,7 @@ fn bench_message(c: &mut Criterion, name: &str, msg: &Message, key: &SessionKey,
 
 fn main() {
     let started = SystemTime::now();
-    // Short runs, as in the rewriter's benchmark: the ratio, not a longer run, is what
-    // copes with a shared machine.
-    let mut c = Criterion::default()
-        .warm_up_time(std::time::Duration::from_millis(700))
-        .measurement_time(std::time::Duration::from_secs(2))
-        .sample_size(50)
-        .configure_from_args();
+    let mut c = ratio::criterion();
     let key = SessionKey::new([0x11; 32]);
     let mut pairs = Pairs::new();
     let mut sizes = Vec::new();
@@ -192,9 +186,7 @@ fn main() {
         bench_message(&mut c, name, &msg, &key, &mut pairs);
     }
     c.final_summary();
-    // `cargo bench` passes --bench; `cargo test --benches` does not, and runs each
-    // routine once: no timings to report then.
-    if std::env::args().any(|a| a == "--bench") {
+    if ratio::measuring() {
         println!("\ndatagram sizes (bytes, sealed unless a handshake message):");
         for (name, len) in sizes {
             println!("  {name:<26} {len:>5}");

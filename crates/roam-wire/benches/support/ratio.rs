@@ -1,11 +1,28 @@
-//! The ratio table both roam benchmark programs print after `cargo bench`: each
-//! benchmark's median against its baseline's, read from criterion's results of this
-//! run. Shared by path (`#[path]`) between crates/roam-wire/benches/codec.rs and
+//! What both roam benchmark programs share: criterion's settings, and the ratio table
+//! they print after `cargo bench` (each benchmark's median against its baseline's, read
+//! from criterion's results of this run). Shared by path (`#[path]`) between crates/roam-wire/benches/codec.rs and
 //! crates/roam-core/benches/rewrite.rs.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::SystemTime;
+
+/// Short runs: each benchmark settles within a second on an idle core, and more time
+/// does not remove the noise of a shared machine; the ratio to a baseline measured in
+/// the same run does. Command-line options still override.
+pub fn criterion() -> criterion::Criterion {
+    criterion::Criterion::default()
+        .warm_up_time(std::time::Duration::from_millis(700))
+        .measurement_time(std::time::Duration::from_secs(2))
+        .sample_size(50)
+        .configure_from_args()
+}
+
+/// Whether this is a measuring run: `cargo bench` passes `--bench`; `cargo test
+/// --benches` does not, and runs each routine once (no timings to report then).
+pub fn measuring() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
 
 /// (benchmark, its baseline) as criterion's directory names.
 pub type Pairs = Vec<(String, String)>;
