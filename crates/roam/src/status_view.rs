@@ -417,17 +417,18 @@ fn table(rows: &[Vec<String>], indent: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use roamd::status::{DaemonCounters, EventRecord, FlowTuple, PlaneCounters, TransportProtocol};
+    use roam_core::translate::{Protocol, Tuple};
+    use roamd::status::{DaemonCounters, EventRecord, PlaneCounters};
 
-    fn tuple(local: &str, remote: &str) -> FlowTuple {
-        FlowTuple {
-            protocol: TransportProtocol::Tcp,
+    fn tuple(local: &str, remote: &str) -> Tuple {
+        Tuple {
+            protocol: Protocol::Tcp,
             local: local.parse().unwrap(),
             remote: remote.parse().unwrap(),
         }
     }
 
-    fn flow(original: FlowTuple, current: FlowTuple, peer: FlowPeerStatus, moves: u32) -> FlowStatus {
+    fn flow(original: Tuple, current: Tuple, peer: FlowPeerStatus, moves: u32) -> FlowStatus {
         FlowStatus {
             original,
             current,

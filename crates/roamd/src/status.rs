@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use roam_core::endpoint::FlowPeer;
-use roam_core::translate::{Protocol, Tuple};
+use roam_core::translate::Tuple;
 use roam_core::{Counters, Flow};
 use roam_linux::nft::NftCounters;
 use roam_linux::tun::TunCounters;
@@ -168,50 +168,6 @@ impl<'de> Deserialize<'de> for NamedCounters {
     }
 }
 
-/// TCP or UDP, as the status writes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TransportProtocol {
-    Tcp,
-    Udp,
-}
-
-impl fmt::Display for TransportProtocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            TransportProtocol::Tcp => "tcp",
-            TransportProtocol::Udp => "udp",
-        })
-    }
-}
-
-/// A flow's 5-tuple as the status writes it (the JSON of `roam_core`'s `Tuple`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FlowTuple {
-    pub protocol: TransportProtocol,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-}
-
-impl From<Tuple> for FlowTuple {
-    fn from(t: Tuple) -> FlowTuple {
-        FlowTuple {
-            protocol: match t.protocol {
-                Protocol::Tcp => TransportProtocol::Tcp,
-                Protocol::Udp => TransportProtocol::Udp,
-            },
-            local: t.local,
-            remote: t.remote,
-        }
-    }
-}
-
-impl fmt::Display for FlowTuple {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {} <-> {}", self.protocol, self.local, self.remote)
-    }
-}
-
 /// Who is at the other end of a flow (the JSON of `roam_core`'s `FlowPeer`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", content = "peer", rename_all = "snake_case")]
@@ -231,11 +187,11 @@ pub enum FlowPeerStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowStatus {
     /// What the local stack sees; never changes.
-    pub original: FlowTuple,
+    pub original: Tuple,
     /// What is on the wire now.
-    pub current: FlowTuple,
+    pub current: Tuple,
     /// The tuple that names the flow to the peer.
-    pub wire_key: FlowTuple,
+    pub wire_key: Tuple,
     pub peer: FlowPeerStatus,
     /// Since when the flow has waited for its peer to confirm a move.
     pub moving_since: Option<u64>,
@@ -244,7 +200,7 @@ pub struct FlowStatus {
     /// Remapped to keep two connections apart (seed 000 ¶0069).
     pub remapped: bool,
     /// The peer moved it to an address not yet proven, and the tuple to go back to.
-    pub validating: Option<(IpAddr, FlowTuple)>,
+    pub validating: Option<(IpAddr, Tuple)>,
     pub opened_at: u64,
     /// Completed moves (ours and the peer's).
     pub moves: u32,
@@ -260,9 +216,9 @@ impl FlowStatus {
 impl From<&Flow> for FlowStatus {
     fn from(f: &Flow) -> FlowStatus {
         FlowStatus {
-            original: f.original.into(),
-            current: f.current.into(),
-            wire_key: f.wire_key.into(),
+            original: f.original,
+            current: f.current,
+            wire_key: f.wire_key,
             peer: match f.peer {
                 FlowPeer::Probing => FlowPeerStatus::Probing,
                 FlowPeer::Peer(id) => FlowPeerStatus::Peer(id.to_string()),
@@ -272,7 +228,7 @@ impl From<&Flow> for FlowStatus {
             moving_since: f.moving_since.map(|t| t.as_nanos()),
             orphaned: f.orphaned,
             remapped: f.remapped,
-            validating: f.validating.map(|(a, t)| (a, t.into())),
+            validating: f.validating,
             opened_at: f.opened_at.as_nanos(),
             moves: f.moves,
         }
@@ -368,6 +324,7 @@ mod tests {
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;
     use roam_core::security::{StaticKey, Trust};
+    use roam_core::translate::Protocol;
     use roam_core::{Config, Endpoint, Input, Instant};
 
     /// The status's own types write exactly the JSON of the core's: the lab reads
