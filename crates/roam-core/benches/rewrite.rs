@@ -9,10 +9,12 @@
 //! address and port change from original to current; ingress: the reverse), ICMPv4 and
 //! ICMPv6 errors quoting a packet of a translated TCP flow (ingress: a router reports a
 //! packet we sent; egress: our stack reports one it received), and packets of no flow in
-//! the table (the lookup-miss path, `Verdict::Untouched`). Each with a table of 1 and of
-//! 10,000 flows; with 10,000, consecutive packets belong to consecutive flows (the
-//! benchmark cycles through all of them), so the hash lookups do not always hit the
-//! same, cached, bucket.
+//! the table (the lookup-miss path, `Verdict::Untouched`). The TCP, UDP and miss cases
+//! take the rewriter's one-pass path for plain TCP/UDP packets (`translate/fast.rs`),
+//! the ICMP errors its general path. Each with a table of 1 and of 10,000 flows; with
+//! 10,000, consecutive packets belong to consecutive flows (the benchmark cycles
+//! through all of them), so the hash lookups do not always hit the same, cached,
+//! bucket.
 //!
 //! Resetting the packet: `translate` rewrites in place, so every iteration gets a fresh
 //! copy of its packet from `iter_batched_ref`. The copies are made outside the timed

@@ -16,7 +16,9 @@
 //! # What roamd does (every key optional; these are the defaults).
 //! [daemon]
 //! control_port = 4791          # UDP port of the control channel, here and at peers
-//! data_plane = "nftables"      # or "tun" (userspace), or "none": agree moves, translate nothing
+//! data_plane = "nftables"      # or "tun" (userspace), "tunnel" (userspace, wrapped in UDP),
+//!                              # or "none": agree moves, translate nothing
+//! tunnel_port = 4792           # tunnel mode's UDP port, here and at peers (control_port + 1)
 //! flow_scan_ms = 200           # how often sock_diag is asked for the host's flows
 //! nudge = true                 # make TCP retransmit at once after a move
 //! move_message = "connection-update"   # or "migration-request", "address-change"
@@ -74,6 +76,11 @@ pub enum DataPlaneKind {
     /// routing and tc bring a translated flow's packets there): the fallback where
     /// nftables is not available, and the base of tunnel mode.
     Tun,
+    /// Tunnel mode (seed 002's tunnel mode, seed 003's transition tunnel): as `Tun`
+    /// on the way out, but a moved flow's packets travel whole, wrapped in UDP between
+    /// the hosts' current addresses on `tunnel_port`, instead of rewritten. Both ends
+    /// of a flow must use it.
+    Tunnel,
     /// No translation at all: roamd agrees moves but rewrites nothing (for tests and
     /// for watching what roam would do).
     None,
@@ -84,6 +91,9 @@ pub enum DataPlaneKind {
 pub struct DaemonSettings {
     pub control_port: u16,
     pub data_plane: DataPlaneKind,
+    /// Tunnel mode's UDP port, here and at peers: `control_port + 1` unless set (0 when
+    /// that does not exist and tunnel mode is off).
+    pub tunnel_port: u16,
     /// How often the host's sockets are listed (sock_diag). Flows opened between two
     /// scans are found at the next one, or at once when an address goes away.
     pub flow_scan: std::time::Duration,
@@ -97,6 +107,7 @@ impl Default for DaemonSettings {
         DaemonSettings {
             control_port: roam_wire::DEFAULT_CONTROL_PORT,
             data_plane: DataPlaneKind::default(),
+            tunnel_port: roam_wire::DEFAULT_CONTROL_PORT + 1,
             flow_scan: std::time::Duration::from_millis(200),
             nudge: true,
             move_message: crate::endpoint::MoveMessage::default(),
@@ -120,7 +131,8 @@ struct FileSpec {
 #[serde(deny_unknown_fields)]
 struct DaemonSpec {
     control_port: Option<Spanned<u16>>,
-    data_plane: Option<DataPlaneKind>,
+    data_plane: Option<Spanned<DataPlaneKind>>,
+    tunnel_port: Option<Spanned<u16>>,
     flow_scan_ms: Option<Spanned<u64>>,
     nudge: Option<bool>,
     move_message: Option<crate::endpoint::MoveMessage>,
@@ -207,7 +219,28 @@ impl HostConfig {
                 }
                 daemon.flow_scan = std::time::Duration::from_millis(*ms.get_ref());
             }
-            daemon.data_plane = d.data_plane.unwrap_or_default();
+            daemon.data_plane = d.data_plane.as_ref().map(|p| *p.get_ref()).unwrap_or_default();
+            daemon.tunnel_port = match &d.tunnel_port {
+                Some(p) if *p.get_ref() == 0 => {
+                    return Err(err(p.span(), "tunnel_port must be 1..=65535".into()));
+                }
+                Some(p) if *p.get_ref() == daemon.control_port => {
+                    return Err(err(p.span(), "tunnel_port must differ from control_port".into()));
+                }
+                Some(p) => *p.get_ref(),
+                None => match daemon.control_port.checked_add(1) {
+                    Some(p) => p,
+                    None if daemon.data_plane == DataPlaneKind::Tunnel => {
+                        let span = d.data_plane.as_ref().map_or(0..0, |p| p.span());
+                        return Err(err(
+                            span,
+                            "control_port 65535 leaves no default tunnel_port (control_port + 1): set tunnel_port"
+                                .into(),
+                        ));
+                    }
+                    None => 0,
+                },
+            };
             daemon.nudge = d.nudge.unwrap_or(true);
             daemon.move_message = d.move_message.unwrap_or_default();
         }
@@ -321,6 +354,13 @@ mod tests {
             ("[daemon]\ncontrol_port = 70000\n", 4, ""),
             ("[daemon]\nflow_scan_ms = 5\n", 4, "flow_scan_ms"),
             ("[daemon]\ndata_plane = \"ebpf\"\n", 4, "data_plane"),
+            ("[daemon]\ntunnel_port = 0\n", 4, "tunnel_port"),
+            ("[daemon]\ncontrol_port = 5000\ntunnel_port = 5000\n", 5, "differ"),
+            (
+                "[daemon]\ncontrol_port = 65535\ndata_plane = \"tunnel\"\n",
+                5,
+                "set tunnel_port",
+            ),
             ("[daemon]\nmove_message = \"teleport\"\n", 4, "move_message"),
             ("[daemon]\nnudge = 1\n", 4, "expected a boolean"),
             ("[daemon]\nport = 1\n", 4, "unknown field"),
@@ -347,6 +387,20 @@ mod tests {
         assert_eq!(c.daemon.flow_scan, std::time::Duration::from_millis(50));
         assert!(!c.daemon.nudge);
         assert_eq!(c.daemon.move_message, crate::endpoint::MoveMessage::AddressChange);
+        // The tunnel port follows the control port unless set.
+        assert_eq!(c.daemon.tunnel_port, 5001);
+        assert_eq!(DaemonSettings::default().tunnel_port, 4792);
+        let c = parse(&format!(
+            "{tofu}[daemon]\ndata_plane = \"tunnel\"\ntunnel_port = 9000\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            (c.daemon.data_plane, c.daemon.tunnel_port),
+            (DataPlaneKind::Tunnel, 9000)
+        );
+        // Outside tunnel mode the highest control port needs no tunnel port.
+        let c = parse(&format!("{tofu}[daemon]\ncontrol_port = 65535\n")).unwrap();
+        assert_eq!(c.daemon.tunnel_port, 0);
     }
 
     #[test]
@@ -355,6 +409,7 @@ mod tests {
         for (name, kind) in [
             ("nftables", DataPlaneKind::Nftables),
             ("tun", DataPlaneKind::Tun),
+            ("tunnel", DataPlaneKind::Tunnel),
             ("none", DataPlaneKind::None),
         ] {
             let c = parse(&format!("{tofu}data_plane = \"{name}\"\n")).unwrap();
@@ -362,7 +417,7 @@ mod tests {
         }
         let e = parse(&format!("{tofu}data_plane = \"tap\"\n")).unwrap_err();
         assert_eq!(e.line, Some(4), "{e}");
-        for choice in ["nftables", "tun", "none"] {
+        for choice in ["nftables", "tun", "tunnel", "none"] {
             assert!(e.message.contains(choice), "{e}");
         }
     }

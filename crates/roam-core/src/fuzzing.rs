@@ -452,3 +452,196 @@ fn endpoint_datagram(bytes: &[u8]) {
         );
     }
 }
+
+/// The `tunnel_unwrap` target: tunnel mode's unwrap parser and acceptance rule on
+/// arbitrary datagrams. The first byte picks the table (entries derived from the
+/// payload's own flow, so that the fuzzer reaches acceptance), the second the outer
+/// addresses the datagram came from and to; the rest is the UDP payload. Invariants,
+/// beyond "does not panic":
+/// - a datagram is accepted exactly when an oracle written here says so: it parses
+///   ([`crate::tunnel::inner_flow`]), and its outer source and destination are the
+///   current remote and local addresses the harness installed for its flow (a flow
+///   entry, else address entries), or those of the drain alias while it lasts;
+/// - an accepted datagram is handed to the stack byte for byte as it came; a refused
+///   one raises exactly the counter of the reason the oracle expects, by one;
+/// - nothing changes the table;
+/// - wrapping the payload gives a UDP datagram whose checksums verify and whose
+///   payload is the packet unchanged.
+///
+/// Returns the outcome (`None` for an input too short to say anything), so that the
+/// corpus replay can check what the corpus covers.
+pub fn tunnel_unwrap(data: &[u8]) -> Option<Result<(), crate::tunnel::UnwrapError>> {
+    use crate::endpoint::{DataPlane, DataPlaneCommand};
+    use crate::plane::{DRAIN, PacketPlane, Verdicts};
+    use crate::time::Instant;
+    use crate::tunnel::{self, UnwrapError};
+
+    let [selector, choice, payload @ ..] = data else {
+        return None;
+    };
+    let (selector, choice) = (*selector, *choice);
+    let flow = match packet_flow(Direction::Ingress, payload) {
+        Ok(PacketFlow::Transport(t)) => t,
+        _ => match addresses(payload) {
+            Some((src, dst)) => Tuple::new(
+                Protocol::Udp,
+                SocketAddr::new(dst, 1000),
+                SocketAddr::new(src, 2000),
+            ),
+            None => Tuple::new(Protocol::Udp, sock(false, 1, 1000), sock(false, 2, 2000)),
+        },
+    };
+    let v6 = !flow.is_ipv4();
+    let at = |n: u8| addr(v6, n);
+    let with = |t: &Tuple, local: IpAddr, remote: IpAddr| {
+        Tuple::new(
+            t.protocol,
+            SocketAddr::new(local, t.local.port()),
+            SocketAddr::new(remote, t.remote.port()),
+        )
+    };
+    let mut plane = PacketPlane::new_tunnel(u64::from(selector), 4792);
+    let mut install = |c: TableChange| plane.apply(&DataPlaneCommand::Table(c)).is_ok();
+    // What the oracle expects: the flow entry's current ends (local, remote), the
+    // address entries' mappings, the drain alias's ends.
+    let mut ends = None;
+    let mut alias = None;
+    let (mut local_map, mut remote_map) = (None, None);
+    if selector & 0x01 != 0 {
+        let current = with(&flow, at(10), at(20));
+        let mut earlier_ok = false;
+        if selector & 0x10 != 0 {
+            // An earlier current tuple: drains once replaced (unless it was the
+            // original or is the new current, as `PacketPlane` decides).
+            let earlier = with(&flow, at(11), at(21));
+            let entry = FlowMapping {
+                original: flow,
+                current: earlier,
+                hold: false,
+            };
+            earlier_ok = install(TableChange::InstallFlow(entry));
+            if earlier_ok && earlier != flow && earlier != current {
+                alias = Some((at(11), at(21)));
+            }
+        }
+        let entry = FlowMapping {
+            original: flow,
+            current,
+            hold: selector & 0x02 != 0,
+        };
+        if install(TableChange::InstallFlow(entry)) {
+            ends = Some((at(10), at(20)));
+        } else {
+            // Refused: the earlier entry (if any) stays, and nothing drains.
+            ends = earlier_ok.then(|| (at(11), at(21)));
+            alias = None;
+        }
+    }
+    if selector & 0x04 != 0 {
+        let local = AddressMapping {
+            side: Side::Local,
+            original: flow.local.ip(),
+            current: at(30),
+        };
+        if install(TableChange::InstallAddress(local)) {
+            local_map = Some(at(30));
+        }
+        let remote = AddressMapping {
+            side: Side::Remote,
+            original: flow.remote.ip(),
+            current: at(40),
+        };
+        if install(TableChange::InstallAddress(remote)) {
+            remote_map = Some(at(40));
+        }
+    }
+    if selector & 0x08 != 0 {
+        // A decoy: another flow of the same hosts, tunnelled between the same ends.
+        let mut other = flow;
+        other.remote.set_port(flow.remote.port().wrapping_add(1));
+        let _ = install(TableChange::InstallFlow(FlowMapping {
+            original: other,
+            current: with(&other, at(10), at(20)),
+            hold: false,
+        }));
+    }
+    if selector & 0x20 != 0 {
+        plane.set_now(Instant::ZERO + DRAIN + std::time::Duration::from_millis(1));
+        alias = None;
+    }
+    let ends = ends.or_else(|| {
+        (local_map.is_some() || remote_map.is_some()).then(|| {
+            (
+                local_map.unwrap_or(flow.local.ip()),
+                remote_map.unwrap_or(flow.remote.ip()),
+            )
+        })
+    });
+    let pick = |c: u8, mine: [u8; 4], own: IpAddr| match c % 6 {
+        4 => own,
+        5 => addr(!v6, 7),
+        i => at(mine[usize::from(i)]),
+    };
+    let src = pick(choice, [20, 21, 40, 99], flow.remote.ip());
+    let dst = pick(choice >> 3, [10, 11, 30, 98], flow.local.ip());
+    let check = |(l, r): (IpAddr, IpAddr)| {
+        if r != src {
+            Err(UnwrapError::WrongSource)
+        } else if l != dst {
+            Err(UnwrapError::WrongDestination)
+        } else {
+            Ok(())
+        }
+    };
+    let expected = tunnel::inner_flow(src, dst, payload).and_then(|t| {
+        assert_eq!(t, flow, "inner_flow and packet_flow name the same flow");
+        ends.map_or(Err(UnwrapError::UnknownFlow), check)
+            .or_else(|e| match alias {
+                Some(a) if check(a).is_ok() => Ok(()),
+                _ => Err(e),
+            })
+    });
+
+    let table_before = (plane.table().flows(), plane.table().addresses());
+    let before = plane.counters.tunnel.clone();
+    let verdict = plane.unwrap(src, dst, payload.to_vec());
+    let after = &plane.counters.tunnel;
+    match (&expected, verdict) {
+        (Ok(()), Verdicts::Forward(p)) => {
+            assert_eq!(p, payload, "unwrapped bytes differ from the payload");
+            assert_eq!(after.unwrapped, before.unwrapped + 1);
+            assert_eq!(
+                after.dropped, before.dropped,
+                "an accepted datagram counted as dropped"
+            );
+        }
+        (Err(e), Verdicts::Dropped) => {
+            let mut want = before.dropped.clone();
+            *want.of(e) += 1;
+            assert_eq!(after.dropped, want, "refused for another reason than {e:?}");
+            assert_eq!(after.unwrapped, before.unwrapped);
+        }
+        (e, v) => panic!("expected {e:?}, got {v:?} (src {src}, dst {dst}, ends {ends:?}, alias {alias:?})"),
+    }
+    assert_eq!(
+        (plane.table().flows(), plane.table().addresses()),
+        table_before,
+        "unwrapping changed the table"
+    );
+
+    // Wrapping: a valid UDP datagram carrying the bytes unchanged.
+    let mut wrapped = payload.to_vec();
+    if tunnel::wrap(&mut wrapped, dst, src, 4792, u16::from(choice)).is_ok() {
+        let n = tunnel::overhead(dst.is_ipv6());
+        assert_eq!(&wrapped[n..], payload, "wrapping changed the packet");
+        assert!(checksums_verify(&wrapped), "a wrapped datagram does not verify");
+        let s = SlicedPacket::from_ip(&wrapped).expect("a wrapped datagram parses");
+        assert!(
+            matches!(&s.transport, Some(TransportSlice::Udp(u)) if u.payload() == payload),
+            "a wrapped datagram is UDP carrying the packet"
+        );
+    } else {
+        assert_eq!(wrapped, payload, "a refused wrap changes nothing");
+    }
+    Some(expected)
+}

@@ -5,6 +5,7 @@
 //! - [`endpoint`]: the sans-IO protocol state machine, one per host.
 //! - [`plane`]: the packet logic of the userspace data planes (the simulator's, the
 //!   TUN device's): translation, hold queue, budgets, drain, nudge, resend.
+//! - [`tunnel`]: tunnel mode's encapsulation (wrap, and the unwrap parser).
 //! - [`security`]: identities, trust, the Noise handshake, sessions, cookies, limits.
 //! - [`config`]: a host's configuration file (its key, the peers it trusts).
 //! - [`time`]: time as a value; the core never reads a clock.
@@ -20,6 +21,7 @@ pub mod plane;
 pub mod security;
 pub mod time;
 pub mod translate;
+pub mod tunnel;
 
 pub use counters::Counters;
 pub use endpoint::{

@@ -13,7 +13,14 @@
 //! - **drain** (seed 001 FIG. 4 step 404): for [`DRAIN`] after a flow's entry changed,
 //!   what still arrives under its previous current tuple is translated too;
 //! - **conflicts** (seed 000 ¶0067-¶0069) are reported, for the endpoint to resolve;
-//! - **nudge** and **resend** after a move, from what it saw of the flow.
+//! - **nudge** and **resend** after a move, from what it saw of the flow;
+//! - **tunnel mode** ([`PacketPlane::new_tunnel`]; seed 002 FIG. 3A, seed 003's
+//!   transition tunnel): a moved flow's egress packet is not rewritten but wrapped whole
+//!   in UDP from the entry's current local address to its current remote address
+//!   ([`crate::tunnel`]); a tunnelled datagram from the wire is unwrapped
+//!   ([`PacketPlane::unwrap`]) only if its outer addresses are the current ones of the
+//!   entry whose original tuple the inner packet carries. Hold, budgets, drain, resend
+//!   and nudges work as in translate mode.
 //!
 //! It never reads a clock: the caller sets the time ([`PacketPlane::set_now`]) before
 //! pushing packets or commands, and collects what they produced from
@@ -26,9 +33,10 @@ use std::time::Duration;
 use crate::endpoint::{DataPlane, DataPlaneCommand};
 use crate::time::Instant;
 use crate::translate::{
-    Direction, FlowMapping, PacketError, PacketFlow, Protocol, TableChange, TableError, TranslationTable,
-    Tuple, Verdict, packet_flow, translate,
+    Direction, FlowMapping, PacketError, PacketFlow, Protocol, Side, TableChange, TableError,
+    TranslationTable, Tuple, Verdict, packet_flow, translate,
 };
+use crate::tunnel::{self, TunnelCounters, UnwrapError};
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use serde::Serialize;
 
@@ -58,6 +66,8 @@ const NUDGE_SEGMENTS: usize = 4;
 /// What the data plane did, by reason.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct PlaneCounters {
+    /// Moved flows' packets sent under their current addresses (rewritten; in tunnel
+    /// mode, wrapped), and received from them (rewritten back; unwrapped).
     pub egress_translated: u64,
     pub ingress_translated: u64,
     pub held: u64,
@@ -79,6 +89,8 @@ pub struct PlaneCounters {
     pub table_errors: u64,
     /// Packets that did not parse, by reason.
     pub malformed: BTreeMap<&'static str, u64>,
+    /// Tunnel mode: wrapped, unwrapped, overhead, refusals by reason.
+    pub tunnel: TunnelCounters,
 }
 
 /// What the last TCP segments from the peer said, per flow (original tuple): enough to
@@ -144,6 +156,13 @@ pub struct PacketPlane {
     tcp: BTreeMap<Tuple, TcpSeen>,
     recent: BTreeMap<Tuple, Recent>,
     now: Instant,
+    /// Tunnel mode's UDP port (here and at peers); `None`: translate mode.
+    tunnel: Option<u16>,
+    /// The next outer IPv4 identification (tunnel mode).
+    ident: u16,
+    /// Where tunnel mode translates a copy of each packet to learn its outer addresses
+    /// (kept: no allocation per packet).
+    scratch: Vec<u8>,
     /// Packets the last `apply` released (to the wire) or forged (to the stack).
     pub to_wire: Vec<Vec<u8>>,
     pub to_stack: Vec<Vec<u8>>,
@@ -163,10 +182,28 @@ impl PacketPlane {
             tcp: BTreeMap::new(),
             recent: BTreeMap::new(),
             now: Instant::ZERO,
+            tunnel: None,
+            ident: 0,
+            scratch: Vec::new(),
             to_wire: Vec::new(),
             to_stack: Vec::new(),
             counters: PlaneCounters::default(),
         }
+    }
+
+    /// A plane in tunnel mode: moved flows' packets leave wrapped in UDP datagrams
+    /// between `port` at this host's current address and `port` at the peer's
+    /// ([`crate::tunnel`]), whole outer packets in [`Verdicts::Forward`] and `to_wire`.
+    pub fn new_tunnel(hash_seed: u64, port: u16) -> PacketPlane {
+        PacketPlane {
+            tunnel: Some(port),
+            ..PacketPlane::new(hash_seed)
+        }
+    }
+
+    /// Tunnel mode's port, or `None` in translate mode.
+    pub fn tunnel_port(&self) -> Option<u16> {
+        self.tunnel
     }
 
     pub fn table(&self) -> &TranslationTable {
@@ -230,12 +267,24 @@ impl PacketPlane {
     }
 
     fn translate_egress(&mut self, mut pkt: Vec<u8>) -> Verdicts {
-        match translate(&self.table, Direction::Egress, &mut pkt) {
+        let verdict = match self.tunnel {
+            None => translate(&self.table, Direction::Egress, &mut pkt),
+            Some(port) => match self.wrap(&mut pkt, port) {
+                Ok(v) => Ok(v),
+                Err(None) => return Verdicts::Dropped,
+                Err(Some(e)) => Err(e),
+            },
+        };
+        match verdict {
             Ok(Verdict::Translated) => {
                 self.counters.egress_translated += 1;
-                self.within_budget(pkt, true)
+                let inner_at = match self.tunnel {
+                    Some(_) => tunnel::overhead(pkt.first().is_some_and(|b| b >> 4 == 6)),
+                    None => 0,
+                };
+                self.within_budget(pkt, true, inner_at)
             }
-            Ok(Verdict::Untouched) => self.within_budget(pkt, false),
+            Ok(Verdict::Untouched) => self.within_budget(pkt, false, 0),
             Ok(Verdict::Hold) => {
                 if self.held.len() >= HOLD_LIMIT {
                     self.counters.hold_overflow += 1;
@@ -258,12 +307,99 @@ impl PacketPlane {
         }
     }
 
+    /// Tunnel mode's egress: the verdict translate mode would give, and on
+    /// `Translated` the packet wrapped between the addresses translate mode would have
+    /// written (translated on a copy: the same decisions, hold and conflicts included,
+    /// for flow and address entries alike). `Err(None)`: it could not be wrapped
+    /// (counted).
+    fn wrap(&mut self, pkt: &mut Vec<u8>, port: u16) -> Result<Verdict, Option<PacketError>> {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(pkt);
+        let v = translate(&self.table, Direction::Egress, &mut self.scratch).map_err(Some)?;
+        if v != Verdict::Translated {
+            return Ok(v);
+        }
+        let (src, dst) = ip_addrs(&self.scratch).expect("a translated packet has addresses");
+        self.ident = self.ident.wrapping_add(1);
+        let before = pkt.len();
+        if let Err(e) = tunnel::wrap(pkt, src, dst, port, self.ident) {
+            tracing::debug!(len = before, "cannot wrap: {e}");
+            self.counters.tunnel.wrap_refused += 1;
+            return Err(None);
+        }
+        self.counters.tunnel.wrapped += 1;
+        self.counters.tunnel.overhead_bytes += (pkt.len() - before) as u64;
+        Ok(Verdict::Translated)
+    }
+
+    /// A tunnelled datagram from the wire: `payload` arrived in UDP from `src` to `dst`
+    /// on the tunnel port. Accepted, and handed back as the inner packet to
+    /// give to the stack ([`Verdicts::Forward`], unchanged), only if it is a TCP or UDP
+    /// packet of the outer family ([`tunnel::inner_flow`]) and the table has an entry
+    /// whose original tuple is the inner packet's and whose current tuple's addresses
+    /// are the outer ones (the peer's as source, ours as destination): the check
+    /// translate mode's table makes when it looks a packet up by its current tuple. For
+    /// [`DRAIN`] after an entry changed, its previous current addresses are accepted
+    /// too (the old path draining). Anything else is dropped and counted by reason
+    /// ([`TunnelCounters::dropped`]); nothing else changes.
+    ///
+    /// The outer addresses are taken as they came: an IPv4-mapped IPv6 address is an
+    /// IPv6 address here (the inner packet's family must be the outer one), and never
+    /// a table's.
+    pub fn unwrap(&mut self, src: IpAddr, dst: IpAddr, payload: Vec<u8>) -> Verdicts {
+        let checked = tunnel::inner_flow(src, dst, &payload).and_then(|t| self.accept(&t, src, dst));
+        match checked {
+            Ok(drained) => {
+                if drained {
+                    self.counters.drained += 1;
+                }
+                self.counters.ingress_translated += 1;
+                self.counters.tunnel.unwrapped += 1;
+                // What came from the peer's address raises its budget (return
+                // routability), outer headers included: they crossed the path too.
+                self.credit(src, payload.len() + tunnel::overhead(src.is_ipv6()));
+                self.observe_tcp(&payload);
+                Verdicts::Forward(payload)
+            }
+            Err(e) => {
+                tracing::trace!(%src, %dst, "tunnelled datagram refused: {e}");
+                *self.counters.tunnel.dropped.of(&e) += 1;
+                Verdicts::Dropped
+            }
+        }
+    }
+
+    /// The acceptance rule of [`PacketPlane::unwrap`] for an inner packet of flow `t`
+    /// (this host's view) that came from `src` to `dst`: `Ok(true)` if it matched a
+    /// drain alias only.
+    fn accept(&mut self, t: &Tuple, src: IpAddr, dst: IpAddr) -> Result<bool, UnwrapError> {
+        let matches = |(local, remote): (IpAddr, IpAddr)| {
+            if remote != src {
+                Err(UnwrapError::WrongSource)
+            } else if local != dst {
+                Err(UnwrapError::WrongDestination)
+            } else {
+                Ok(false)
+            }
+        };
+        let verdict = tunnel_ends(&self.table, t).map_or(Err(UnwrapError::UnknownFlow), matches);
+        if verdict.is_ok() || self.drain_until.is_empty() {
+            return verdict;
+        }
+        self.expire_drains();
+        match self.draining.flow_by_original(t) {
+            Some(m) if matches((m.current.local.ip(), m.current.remote.ip())).is_ok() => Ok(true),
+            _ => verdict,
+        }
+    }
+
     /// Return routability (RFC 9000 §8.1 in spirit): to an address that has not echoed
     /// its challenge, at most `cap` and three times what came from it; the rest waits.
     /// Only moved flows' packets (`translated`) wait: anything else to that address
     /// (the endpoint's own control messages, which it budgets itself) counts against
-    /// the budget but is never held behind data.
-    fn within_budget(&mut self, pkt: Vec<u8>, translated: bool) -> Verdicts {
+    /// the budget but is never held behind data. `inner_at`: where the packet the stack
+    /// sent starts (past tunnel mode's outer headers), to tell a bare acknowledgment.
+    fn within_budget(&mut self, pkt: Vec<u8>, translated: bool, inner_at: usize) -> Verdicts {
         let Some((_, dst)) = ip_addrs(&pkt) else {
             return Verdicts::Forward(pkt);
         };
@@ -278,7 +414,7 @@ impl PacketPlane {
         // came in): within the cap it goes at once, so the peer's sender is not
         // stalled for the round trip the validation takes. Beyond, it is dropped (a
         // later one says as much).
-        if is_bare_ack(&pkt) {
+        if is_bare_ack(&pkt[inner_at..]) {
             if b.sent + pkt.len() as u64 > b.cap {
                 self.counters.budget_dropped += 1;
                 return Verdicts::Dropped;
@@ -613,6 +749,22 @@ impl DataPlane for PacketPlane {
     }
 }
 
+/// The addresses (local, remote) of the tunnel that carries flow `t` (this host's view,
+/// original tuple) as the table has it: a flow entry's current tuple's, else the address
+/// entries' for either end (the other kept). `None`: no entry concerns the flow.
+fn tunnel_ends(table: &TranslationTable, t: &Tuple) -> Option<(IpAddr, IpAddr)> {
+    if let Some(m) = table.flow_by_original(t) {
+        return Some((m.current.local.ip(), m.current.remote.ip()));
+    }
+    if !table.has_addresses() {
+        return None;
+    }
+    let local = table.address_current(Side::Local, t.local.ip());
+    let remote = table.address_current(Side::Remote, t.remote.ip());
+    (local.is_some() || remote.is_some())
+        .then(|| (local.unwrap_or(t.local.ip()), remote.unwrap_or(t.remote.ip())))
+}
+
 /// A packet's source and destination addresses (IPv4 or IPv6 header), if it has them.
 /// Shared by every userspace data plane and the simulator's links.
 pub fn ip_addrs(pkt: &[u8]) -> Option<(IpAddr, IpAddr)> {
@@ -793,5 +945,316 @@ mod tests {
         // where the peer had sent nothing but acknowledgments.
         assert_eq!(t.sequence_number(), 502u32.wrapping_sub(1 << 30));
         assert_eq!(t.payload().len(), 1);
+    }
+
+    // ---- tunnel mode ----
+
+    /// A's plane (moved from 10.0.1.10 to 10.0.2.10) and B's (10.0.3.11), both in
+    /// tunnel mode with mirrored entries for one TCP flow.
+    fn tunnel_pair() -> (PacketPlane, PacketPlane, FlowMapping) {
+        let (mut a, mut b) = (PacketPlane::new_tunnel(1, 4792), PacketPlane::new_tunnel(2, 4792));
+        let m = FlowMapping {
+            original: tcp("10.0.1.10:40000", "10.0.3.11:5001"),
+            current: tcp("10.0.2.10:40000", "10.0.3.11:5001"),
+            hold: false,
+        };
+        a.apply(&DataPlaneCommand::Table(TableChange::InstallFlow(m)))
+            .unwrap();
+        b.apply(&DataPlaneCommand::Table(TableChange::InstallFlow(FlowMapping {
+            original: m.original.reversed(),
+            current: m.current.reversed(),
+            hold: false,
+        })))
+        .unwrap();
+        (a, b, m)
+    }
+
+    /// A segment of the flow in original form, from A (`from_a`) or from B.
+    fn segment(from_a: bool, seq: u32, data: &[u8]) -> Vec<u8> {
+        let (s, d, sp, dp) = if from_a {
+            ([10, 0, 1, 10], [10, 0, 3, 11], 40000, 5001)
+        } else {
+            ([10, 0, 3, 11], [10, 0, 1, 10], 5001, 40000)
+        };
+        let mut p = Vec::new();
+        PacketBuilder::ipv4(s, d, 64)
+            .tcp(sp, dp, seq, 100)
+            .ack(1)
+            .write(&mut p, data)
+            .unwrap();
+        p
+    }
+
+    /// What the socket at the far end hands roamd: (outer source, outer destination,
+    /// UDP payload).
+    fn datagram(outer: &[u8]) -> (IpAddr, IpAddr, Vec<u8>) {
+        let s = SlicedPacket::from_ip(outer).unwrap();
+        let Some(TransportSlice::Udp(u)) = &s.transport else {
+            panic!("not UDP: {outer:02x?}")
+        };
+        assert_eq!((u.source_port(), u.destination_port()), (4792, 4792));
+        let (src, dst) = ip_addrs(outer).unwrap();
+        (src, dst, u.payload().to_vec())
+    }
+
+    #[test]
+    fn tunnel_mode_wraps_from_the_current_addresses_and_the_peer_unwraps_the_packet_unchanged() {
+        let (mut a, mut b, _) = tunnel_pair();
+        let inner = segment(true, 9, b"payload");
+        let Verdicts::Forward(outer) = a.egress(inner.clone()) else {
+            panic!("forwarded")
+        };
+        assert_eq!(outer.len(), inner.len() + tunnel::OVERHEAD_V4);
+        let (src, dst, payload) = datagram(&outer);
+        assert_eq!(
+            (src, dst),
+            ("10.0.2.10".parse().unwrap(), "10.0.3.11".parse().unwrap())
+        );
+        assert_eq!(payload, inner, "the inner packet is not rewritten");
+        let Verdicts::Forward(got) = b.unwrap(src, dst, payload) else {
+            panic!("accepted")
+        };
+        assert_eq!(got, inner);
+        // And back: B's answer leaves from B to A's current address.
+        let answer = segment(false, 1, b"ok");
+        let Verdicts::Forward(outer) = b.egress(answer.clone()) else {
+            panic!()
+        };
+        let (src, dst, payload) = datagram(&outer);
+        assert_eq!(dst, "10.0.2.10".parse::<IpAddr>().unwrap());
+        assert!(matches!(a.unwrap(src, dst, payload), Verdicts::Forward(p) if p == answer));
+        for (p, host) in [(&a, "A"), (&b, "B")] {
+            let t = &p.counters.tunnel;
+            assert_eq!(
+                (t.wrapped, t.unwrapped, t.dropped.total()),
+                (1, 1, 0),
+                "{host}: {t:?}"
+            );
+            assert_eq!(t.overhead_bytes, tunnel::OVERHEAD_V4 as u64);
+            assert_eq!(
+                (p.counters.egress_translated, p.counters.ingress_translated),
+                (1, 1)
+            );
+        }
+        // Successive packets get successive IPv4 identifications.
+        let Verdicts::Forward(o1) = a.egress(segment(true, 16, b"x")) else {
+            panic!()
+        };
+        let Verdicts::Forward(o2) = a.egress(segment(true, 17, b"y")) else {
+            panic!()
+        };
+        let id = |p: &[u8]| u16::from_be_bytes([p[4], p[5]]);
+        assert_eq!(id(&o2), id(&o1).wrapping_add(1));
+    }
+
+    #[test]
+    fn packets_without_an_entry_leave_as_they_are_in_tunnel_mode() {
+        let mut a = PacketPlane::new_tunnel(1, 4792);
+        let p = segment(true, 1, b"z");
+        assert!(matches!(a.egress(p.clone()), Verdicts::Forward(q) if q == p));
+        assert_eq!(a.counters.tunnel.wrapped, 0);
+    }
+
+    #[test]
+    fn each_refused_datagram_is_counted_under_its_reason_and_changes_nothing() {
+        let (_, mut b, m) = tunnel_pair();
+        let a2: IpAddr = "10.0.2.10".parse().unwrap();
+        let b_addr: IpAddr = "10.0.3.11".parse().unwrap();
+        let good = segment(true, 1, b"data");
+        let mut other_flow = Vec::new();
+        PacketBuilder::ipv4([10, 0, 1, 10], [10, 0, 3, 11], 64)
+            .tcp(40001, 5001, 1, 100)
+            .write(&mut other_flow, b"")
+            .unwrap();
+        let mut long = good.clone();
+        long.push(0);
+        let mut ping = Vec::new();
+        PacketBuilder::ipv4([10, 0, 1, 10], [10, 0, 3, 11], 64)
+            .icmpv4_echo_request(1, 1)
+            .write(&mut ping, b"")
+            .unwrap();
+        let cases: Vec<(IpAddr, IpAddr, Vec<u8>, &str)> = vec![
+            (a2, b_addr, vec![], "empty"),
+            (a2, b_addr, vec![0x80; 20], "not_ip"),
+            (
+                "fd00::1".parse().unwrap(),
+                "fd00::2".parse().unwrap(),
+                good.clone(),
+                "family_mismatch",
+            ),
+            (a2, b_addr, long, "length_mismatch"),
+            (a2, b_addr, good[..22].to_vec(), "length_mismatch"),
+            (a2, b_addr, vec![0x45, 0, 0, 4], "malformed"),
+            (a2, b_addr, ping, "not_transport"),
+            (a2, b_addr, other_flow, "unknown_flow"),
+            ("10.0.9.9".parse().unwrap(), b_addr, good.clone(), "wrong_source"),
+            // The original source is not the current one either: a packet that could
+            // have come directly is no tunnel's.
+            ("10.0.1.10".parse().unwrap(), b_addr, good.clone(), "wrong_source"),
+            (
+                a2,
+                "10.0.3.99".parse().unwrap(),
+                good.clone(),
+                "wrong_destination",
+            ),
+        ];
+        for (i, (src, dst, payload, reason)) in cases.into_iter().enumerate() {
+            let before = serde_json::to_value(&b.counters.tunnel.dropped).unwrap();
+            assert!(
+                matches!(b.unwrap(src, dst, payload), Verdicts::Dropped),
+                "{reason}"
+            );
+            let after = serde_json::to_value(&b.counters.tunnel.dropped).unwrap();
+            assert_eq!(
+                after[reason].as_u64().unwrap(),
+                before[reason].as_u64().unwrap() + 1,
+                "case {i}: {reason}: {after}"
+            );
+            assert_eq!(
+                b.counters.tunnel.dropped.total(),
+                i as u64 + 1,
+                "one counter per datagram"
+            );
+        }
+        assert_eq!(b.counters.tunnel.unwrapped, 0);
+        assert_eq!(b.counters.ingress_translated, 0);
+        assert!(b.heard.is_empty());
+        assert_eq!(b.table().flows().len(), 1);
+        assert_eq!(
+            b.table()
+                .flow_by_original(&m.original.reversed())
+                .unwrap()
+                .current,
+            m.current.reversed()
+        );
+    }
+
+    #[test]
+    fn a_held_flow_waits_in_tunnel_mode_and_leaves_wrapped_once_released() {
+        let (mut a, _, m) = tunnel_pair();
+        a.apply(&DataPlaneCommand::Table(TableChange::InstallFlow(FlowMapping {
+            hold: true,
+            ..m
+        })))
+        .unwrap();
+        for seq in 0..3 {
+            assert!(matches!(a.egress(segment(true, seq, b"h")), Verdicts::Held));
+        }
+        a.apply(&DataPlaneCommand::Table(TableChange::InstallFlow(m)))
+            .unwrap();
+        assert_eq!(a.to_wire.len(), 3);
+        for (i, o) in a.to_wire.iter().enumerate() {
+            let (src, _, inner) = datagram(o);
+            assert_eq!(src, "10.0.2.10".parse::<IpAddr>().unwrap());
+            assert_eq!(inner, segment(true, i as u32, b"h"), "in order, unchanged");
+        }
+    }
+
+    #[test]
+    fn the_old_path_drains_into_the_tunnel_for_a_while_after_the_peer_moves_again() {
+        let (_, mut b, m) = tunnel_pair();
+        b.set_now(Instant::from_nanos(1_000_000_000));
+        // A moves again, to 10.0.4.10: B's entry follows.
+        b.apply(&DataPlaneCommand::Table(TableChange::InstallFlow(FlowMapping {
+            original: m.original.reversed(),
+            current: tcp("10.0.3.11:5001", "10.0.4.10:40000"),
+            hold: false,
+        })))
+        .unwrap();
+        let (a2, b_addr) = ("10.0.2.10".parse().unwrap(), "10.0.3.11".parse().unwrap());
+        // What A sent from 10.0.2.10 before its move still arrives.
+        assert!(matches!(
+            b.unwrap(a2, b_addr, segment(true, 1, b"late")),
+            Verdicts::Forward(_)
+        ));
+        assert_eq!(b.counters.drained, 1);
+        assert!(matches!(
+            b.unwrap("10.0.4.10".parse().unwrap(), b_addr, segment(true, 2, b"new")),
+            Verdicts::Forward(_)
+        ));
+        b.set_now(Instant::from_nanos(1_000_000_000) + DRAIN + Duration::from_millis(1));
+        assert!(matches!(
+            b.unwrap(a2, b_addr, segment(true, 3, b"stale")),
+            Verdicts::Dropped
+        ));
+        assert_eq!(b.counters.tunnel.dropped.wrong_source, 1);
+    }
+
+    #[test]
+    fn address_entries_tunnel_every_flow_of_the_address() {
+        let mut a = PacketPlane::new_tunnel(1, 4792);
+        a.apply(&DataPlaneCommand::Table(TableChange::InstallAddress(
+            crate::translate::AddressMapping {
+                side: Side::Local,
+                original: "10.0.1.10".parse().unwrap(),
+                current: "10.0.2.10".parse().unwrap(),
+            },
+        )))
+        .unwrap();
+        let Verdicts::Forward(outer) = a.egress(segment(true, 1, b"a")) else {
+            panic!()
+        };
+        let (src, dst, _) = datagram(&outer);
+        assert_eq!(
+            (src, dst),
+            ("10.0.2.10".parse().unwrap(), "10.0.3.11".parse().unwrap())
+        );
+        // The peer's side: its remote address entry accepts from the current address.
+        let mut b = PacketPlane::new_tunnel(2, 4792);
+        b.apply(&DataPlaneCommand::Table(TableChange::InstallAddress(
+            crate::translate::AddressMapping {
+                side: Side::Remote,
+                original: "10.0.1.10".parse().unwrap(),
+                current: "10.0.2.10".parse().unwrap(),
+            },
+        )))
+        .unwrap();
+        assert!(matches!(
+            b.unwrap(src, dst, segment(true, 1, b"a")),
+            Verdicts::Forward(_)
+        ));
+        assert!(matches!(
+            b.unwrap("10.0.1.10".parse().unwrap(), dst, segment(true, 1, b"a")),
+            Verdicts::Dropped
+        ));
+    }
+
+    #[test]
+    fn budgets_count_the_outer_bytes_and_let_bare_acks_through_in_tunnel_mode() {
+        let (mut a, _, _) = tunnel_pair();
+        let b_addr: IpAddr = "10.0.3.11".parse().unwrap();
+        a.apply(&DataPlaneCommand::Unvalidated {
+            remote: b_addr,
+            cap: 16 << 10,
+            received: 100,
+        })
+        .unwrap();
+        // 300 bytes of budget: a bare ACK goes (exempt), data waits.
+        assert!(matches!(a.egress(segment(true, 1, b"")), Verdicts::Forward(_)));
+        assert!(matches!(a.egress(segment(true, 1, &[7; 400])), Verdicts::Held));
+        assert_eq!(a.counters.budget_held, 1);
+        a.apply(&DataPlaneCommand::Validated { remote: b_addr }).unwrap();
+        assert_eq!(a.to_wire.len(), 1);
+        let (_, _, inner) = datagram(&a.to_wire[0]);
+        assert_eq!(inner, segment(true, 1, &[7; 400]));
+    }
+
+    #[test]
+    fn unwrapped_datagrams_raise_the_budget_of_their_source() {
+        let (_, mut b, _) = tunnel_pair();
+        let a2: IpAddr = "10.0.2.10".parse().unwrap();
+        b.apply(&DataPlaneCommand::Unvalidated {
+            remote: a2,
+            cap: 16 << 10,
+            received: 0,
+        })
+        .unwrap();
+        let inner = segment(true, 1, b"hello");
+        let n = inner.len() + tunnel::OVERHEAD_V4;
+        assert!(matches!(
+            b.unwrap(a2, "10.0.3.11".parse().unwrap(), inner),
+            Verdicts::Forward(_)
+        ));
+        assert_eq!(b.heard.get(&a2), Some(&(n as u64)));
     }
 }

@@ -72,10 +72,27 @@ pub struct PacketRecord {
     pub frame_len: u32,
 }
 
+/// roamd's tunnel port by default (its control port, 4791, + 1): in tunnel mode a moved
+/// flow's packets cross the wire whole inside UDP datagrams on it (docs/PROTOCOL.md,
+/// "Tunnel mode").
+pub const ROAM_TUNNEL_PORT: u16 = 4792;
+
 /// Parses an Ethernet frame into a record; `None` for anything but TCP or UDP over IPv4
-/// or IPv6 (or a frame too short for its own headers).
+/// or IPv6 (or a frame too short for its own headers). A UDP datagram on
+/// [`ROAM_TUNNEL_PORT`] that carries an IP packet is recorded as that packet (the
+/// stream a tunnel carries is on the wire, one header deeper), with the frame's length.
 pub fn parse_frame(time: SystemTime, outgoing: bool, frame: &[u8]) -> Option<PacketRecord> {
     let packet = SlicedPacket::from_ethernet(frame).ok()?;
+    packet_record(time, outgoing, &packet, frame.len(), true)
+}
+
+fn packet_record(
+    time: SystemTime,
+    outgoing: bool,
+    packet: &SlicedPacket,
+    frame_len: usize,
+    look_inside: bool,
+) -> Option<PacketRecord> {
     let (src_ip, dst_ip): (IpAddr, IpAddr) = match packet.net.as_ref()? {
         NetSlice::Ipv4(ip) => (
             ip.header().source_addr().into(),
@@ -112,13 +129,21 @@ pub fn parse_frame(time: SystemTime, outgoing: bool, frame: &[u8]) -> Option<Pac
                 Some(fields),
             )
         }
-        TransportSlice::Udp(u) => (
-            Protocol::Udp,
-            u.source_port(),
-            u.destination_port(),
-            u.payload().len(),
-            None,
-        ),
+        TransportSlice::Udp(u) => {
+            let tunnel = look_inside
+                && ROAM_TUNNEL_PORT == u.destination_port()
+                && u.payload().first().is_some_and(|b| matches!(b >> 4, 4 | 6));
+            if tunnel && let Ok(inner) = SlicedPacket::from_ip(u.payload()) {
+                return packet_record(time, outgoing, &inner, frame_len, false);
+            }
+            (
+                Protocol::Udp,
+                u.source_port(),
+                u.destination_port(),
+                u.payload().len(),
+                None,
+            )
+        }
         _ => return None,
     };
     Some(PacketRecord {
@@ -129,7 +154,7 @@ pub fn parse_frame(time: SystemTime, outgoing: bool, frame: &[u8]) -> Option<Pac
         dst: SocketAddr::new(dst_ip, dst_port),
         payload_len: payload_len as u32,
         tcp,
-        frame_len: frame.len() as u32,
+        frame_len: frame_len as u32,
     })
 }
 
@@ -414,7 +439,7 @@ pub struct Gap {
 
 /// The handover gap: among payload-carrying packets matching `filter` within
 /// `[moved_at - before, moved_at + after]`, the longest interval between consecutive
-/// ones, or from the last one to the window's end when the stream did not end there
+/// ones that ends after the move, or from the last one to the window's end when the stream did not end there
 /// (no TCP FIN or RST matching `filter` in the window): such a silence is not
 /// `recovered`.
 /// Packets already on the wire at the move arrive after it, so a stream that died at
@@ -452,6 +477,11 @@ pub fn handover_gap(
         recovered: true,
     };
     for pair in times.windows(2) {
+        // A silence that ended before the move is not the move's (a session's own pause
+        // during its set-up, say).
+        if pair[1] <= moved_at {
+            continue;
+        }
         let length = pair[1].duration_since(pair[0]).unwrap_or_default();
         if length > gap.length {
             gap = Gap {
@@ -665,6 +695,30 @@ mod tests {
         assert!(parse_frame(t, false, &[0u8; 10]).is_none());
     }
 
+    #[test]
+    fn a_tunnel_datagram_is_recorded_as_the_packet_it_carries() {
+        let t = UNIX_EPOCH + Duration::from_secs(5);
+        let inner = frame_v4_tcp(1000, b"hello");
+        let builder = PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4([10, 201, 2, 2], [10, 201, 3, 2], 64)
+            .udp(ROAM_TUNNEL_PORT, ROAM_TUNNEL_PORT);
+        let mut out = Vec::new();
+        builder.write(&mut out, &inner[14..]).unwrap();
+        let r = parse_frame(t, false, &out).unwrap();
+        assert_eq!(r.protocol, Protocol::Tcp);
+        assert_eq!(r.src, "10.201.1.2:40000".parse().unwrap());
+        assert_eq!((r.payload_len, r.tcp.unwrap().seq), (5, 1000));
+        assert_eq!(r.frame_len as usize, out.len(), "the outer frame's length");
+        // Anything else on that port is a UDP datagram like any other.
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4([10, 201, 2, 2], [10, 201, 3, 2], 64)
+            .udp(9, ROAM_TUNNEL_PORT)
+            .write(&mut out, b"\x00not ip")
+            .unwrap();
+        assert_eq!(parse_frame(t, false, &out).unwrap().protocol, Protocol::Udp);
+    }
+
     fn rec(ms: u64, seq: u32, len: u32) -> PacketRecord {
         PacketRecord {
             time: UNIX_EPOCH + Duration::from_millis(ms),
@@ -718,6 +772,16 @@ mod tests {
         late.push(rec(1260, 10_950, 100));
         let gap = handover_gap(&late, &filter, moved, 500 * MS, 3000 * MS).unwrap();
         assert_eq!((gap.length, gap.recovered), (150 * MS, true));
+
+        // A longer pause that ended before the move (a session's set-up, say) is not
+        // the move's gap.
+        let paused: Vec<_> = records
+            .iter()
+            .filter(|r| !(600..900).contains(&(r.time.duration_since(UNIX_EPOCH).unwrap().as_millis())))
+            .copied()
+            .collect();
+        let gap = handover_gap(&paused, &filter, moved, 500 * MS, 500 * MS).unwrap();
+        assert_eq!((gap.length, gap.from), (150 * MS, moved));
 
         // Nothing before the move: nothing to measure.
         assert!(handover_gap(&records[101..], &filter, moved, 500 * MS, 500 * MS).is_none());

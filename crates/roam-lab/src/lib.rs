@@ -10,20 +10,26 @@
 //! - [`capture`]: packet records with kernel timestamps, pcap files, handover gaps.
 //! - [`timeline`], [`plot`]: a run's goodput bin by bin, its moves and gaps, drawn as a
 //!   PNG.
-//! - [`ping`], [`traffic`]: ICMP echo and TCP bulk transfers with digests, in Rust, run
-//!   inside namespaces.
+//! - [`ping`], [`traffic`]: ICMP echo, TCP bulk transfers with digests and
+//!   request/response, over TCP or Multipath TCP, in Rust, run inside namespaces.
+//! - [`roamd`]: roamd on the lab's hosts (keys, configuration, start, status, stop).
+//! - [`systems`]: the mobility systems `roam bench` compares on the topology (plain
+//!   TCP, roam, Multipath TCP, a WireGuard overlay); [`barplot`]: its charts.
 //!
 //! Everything here needs root; tests call [`lab_available`] first.
 
+pub mod barplot;
 pub mod capture;
 pub mod link;
 pub mod netns;
 pub mod ping;
 pub mod plot;
+pub mod roamd;
+pub mod scenario;
 mod sys;
+pub mod systems;
 pub mod timeline;
 pub mod topology;
 pub mod traffic;
 
 pub use netns::{Lab, LabError, Ns, lab_available};
-pub mod scenario;

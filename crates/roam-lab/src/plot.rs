@@ -36,7 +36,7 @@ const MOVE_LABEL_ROW: u32 = 46;
 const MAX_MOVE_LABEL_ROWS: usize = 3;
 
 /// The family plotters is told to use; [`Typeset`] sets every text in one face.
-const FONT: &str = "sans-serif";
+pub(crate) const FONT: &str = "sans-serif";
 
 const GOODPUT: RGBColor = RGBColor(31, 119, 180);
 const GAP: RGBColor = RGBColor(214, 39, 40);
@@ -79,14 +79,7 @@ impl GoodputPlot<'_> {
         let mut pixels = vec![0u8; w as usize * h as usize * 3];
         self.draw(face, &mut pixels)
             .map_err(|e| PlotError::Draw(e.to_string()))?;
-        let mut out = Vec::new();
-        let mut encoder = png::Encoder::new(&mut out, w, h);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder.write_header()?;
-        writer.write_image_data(&pixels)?;
-        writer.finish()?;
-        Ok(out)
+        encode_png(&pixels, w, h)
     }
 
     /// Renders the plot and writes it to `path`.
@@ -390,8 +383,20 @@ fn subnet(name: &str) -> &str {
     }
 }
 
+/// RGB pixels, `w` by `h`, as PNG bytes.
+pub(crate) fn encode_png(pixels: &[u8], w: u32, h: u32) -> Result<Vec<u8>, PlotError> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, w, h);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(pixels)?;
+    writer.finish()?;
+    Ok(out)
+}
+
 /// The face every text is set in, parsed once per process.
-fn face() -> Result<&'static FontRef<'static>, PlotError> {
+pub(crate) fn face() -> Result<&'static FontRef<'static>, PlotError> {
     static FACE: OnceLock<Option<FontRef<'static>>> = OnceLock::new();
     FACE.get_or_init(|| FontRef::try_from_slice(epaint_default_fonts::UBUNTU_LIGHT).ok())
         .as_ref()
@@ -401,9 +406,9 @@ fn face() -> Result<&'static FontRef<'static>, PlotError> {
 /// A backend that draws through `inner` and sets text itself: glyph by glyph along
 /// the baseline (kerning and side bearings as the font says), anti-aliased by each
 /// pixel's coverage, anchored and rotated as plotters asks.
-struct Typeset<B> {
-    inner: B,
-    face: &'static FontRef<'static>,
+pub(crate) struct Typeset<B> {
+    pub(crate) inner: B,
+    pub(crate) face: &'static FontRef<'static>,
 }
 
 /// Text laid out on one line: each glyph's outline at its place, and the line's box.

@@ -99,8 +99,9 @@ pub const ADDRESSES: Addresses = Addresses {
     router_b: on_subnet(3, 1),
 };
 
-const PREFIX_V4: u8 = 24;
-const PREFIX_V6: u8 = 64;
+/// Prefix lengths of every lab subnet.
+pub const PREFIX_V4: u8 = 24;
+pub const PREFIX_V6: u8 = 64;
 
 /// A's access subnets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,21 +111,32 @@ pub enum Subnet {
 }
 
 impl Subnet {
-    fn interface(self) -> &'static str {
+    /// The subnet A is not on when it is on this one.
+    pub fn other(self) -> Subnet {
+        match self {
+            Subnet::One => Subnet::Two,
+            Subnet::Two => Subnet::One,
+        }
+    }
+
+    /// A's interface on this subnet.
+    pub fn interface(self) -> &'static str {
         match self {
             Subnet::One => A_IF1,
             Subnet::Two => A_IF2,
         }
     }
 
-    fn a(self) -> DualStack {
+    /// A's addresses on this subnet.
+    pub fn a(self) -> DualStack {
         match self {
             Subnet::One => ADDRESSES.a_subnet1,
             Subnet::Two => ADDRESSES.a_subnet2,
         }
     }
 
-    fn router(self) -> DualStack {
+    /// R's addresses on this subnet (A's gateway there).
+    pub fn router(self) -> DualStack {
         match self {
             Subnet::One => ADDRESSES.router_subnet1,
             Subnet::Two => ADDRESSES.router_subnet2,
@@ -440,6 +452,13 @@ impl Topology {
     /// Where A is now.
     pub fn a_subnet(&self) -> Subnet {
         *lock(&self.a_subnet)
+    }
+
+    /// Records that A is now on `subnet`, for a system that moves A its own way (Multipath
+    /// TCP's make-before-break, its path manager's endpoints) rather than through
+    /// [`Topology::move_a`]: the caller has put A's addresses and default routes there.
+    pub fn record_a_subnet(&self, subnet: Subnet) {
+        *lock(&self.a_subnet) = subnet;
     }
 
     /// A's current address.

@@ -4,7 +4,14 @@
 //! - a [`TcpPair`] holds both ends of one connection, so a scenario can send either way,
 //!   go idle and send again on the same sockets;
 //! - a [`UdpPinger`] sends numbered datagrams at a steady rate to a [`UdpEcho`], which
-//!   sends each back; both record what arrived, in order, with a digest.
+//!   sends each back; both record what arrived, in order, with a digest;
+//! - an [`RrClient`] asks an [`RrServer`] one request at a time on one connection and
+//!   checks every answer (a closed-loop request/response workload).
+//!
+//! The TCP ones can open their sockets with another protocol number
+//! ([`TcpSink::start_with`], [`TcpSource::start_with`], the `protocol` of the
+//! request/response pair): `IPPROTO_MPTCP` makes them Multipath TCP sockets (RFC 8684)
+//! with the same stream semantics.
 //!
 //! Everything runs on threads inside the namespaces and stops on its own at a deadline,
 //! so a stalled connection (the point of some tests) ends the test anyway.
@@ -98,6 +105,17 @@ impl TcpSink {
     /// Listens on `listen` inside `ns` (returns once listening) and gives up `deadline`
     /// from now.
     pub fn start(ns: &Ns, listen: SocketAddr, deadline: Duration) -> Result<TcpSink, LabError> {
+        TcpSink::start_with(ns, listen, deadline, 0)
+    }
+
+    /// [`TcpSink::start`] with a listening socket of this protocol number (`socket(2)`'s
+    /// third argument: 0 for TCP, `IPPROTO_MPTCP` for Multipath TCP).
+    pub fn start_with(
+        ns: &Ns,
+        listen: SocketAddr,
+        deadline: Duration,
+        protocol: i32,
+    ) -> Result<TcpSink, LabError> {
         let until = Instant::now() + deadline;
         let received = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -105,7 +123,7 @@ impl TcpSink {
         let thread = {
             let (received, stop) = (received.clone(), stop.clone());
             ns.spawn_thread("tcp sink", move || {
-                let listener = match TcpListener::bind(listen).and_then(|l| {
+                let listener = match listen_stream(listen, protocol).and_then(|l| {
                     l.set_nonblocking(true)?;
                     Ok((l.local_addr()?, l))
                 }) {
@@ -221,6 +239,33 @@ fn sink(
     Ok(report)
 }
 
+/// A listening stream socket of `protocol` (0: TCP) bound to `listen`, with
+/// `SO_REUSEADDR` as std's `TcpListener::bind` sets it. Multipath TCP sockets are
+/// stream sockets with TCP's semantics, so std's types drive them as well.
+fn listen_stream(listen: SocketAddr, protocol: i32) -> std::io::Result<TcpListener> {
+    let socket = stream_socket(listen, protocol)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&listen.into())?;
+    socket.listen(128)?;
+    Ok(socket.into())
+}
+
+/// A stream socket of `protocol` (0: TCP) connected to `to` within `timeout`.
+fn connect_stream(to: SocketAddr, protocol: i32, timeout: Duration) -> std::io::Result<TcpStream> {
+    let socket = stream_socket(to, protocol)?;
+    socket.connect_timeout(&to.into(), timeout)?;
+    Ok(socket.into())
+}
+
+fn stream_socket(addr: SocketAddr, protocol: i32) -> std::io::Result<socket2::Socket> {
+    let protocol = (protocol != 0).then(|| socket2::Protocol::from(protocol));
+    socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        protocol,
+    )
+}
+
 fn is_timeout(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
@@ -257,13 +302,26 @@ impl TcpSource {
         seed: u64,
         deadline: Duration,
     ) -> Result<TcpSource, LabError> {
+        TcpSource::start_with(ns, to, bytes, seed, deadline, 0)
+    }
+
+    /// [`TcpSource::start`] with a socket of this protocol number (0 for TCP,
+    /// `IPPROTO_MPTCP` for Multipath TCP).
+    pub fn start_with(
+        ns: &Ns,
+        to: SocketAddr,
+        bytes: u64,
+        seed: u64,
+        deadline: Duration,
+        protocol: i32,
+    ) -> Result<TcpSource, LabError> {
         let until = Instant::now() + deadline;
         let sent = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (sent, stop) = (sent.clone(), stop.clone());
             ns.spawn_thread("tcp source", move || {
-                source(to, bytes, seed, until, &sent, &stop)
+                source(to, protocol, bytes, seed, until, &sent, &stop)
                     .map_err(|e| LabError::io(format!("tcp source to {to}"), e))
             })?
         };
@@ -287,6 +345,7 @@ impl TcpSource {
 
 fn source(
     to: SocketAddr,
+    protocol: i32,
     bytes: u64,
     seed: u64,
     until: Instant,
@@ -297,7 +356,7 @@ fn source(
     let connect_for = until
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1));
-    let stream = TcpStream::connect_timeout(&to, connect_for)?;
+    let stream = connect_stream(to, protocol, connect_for)?;
     stream.set_write_timeout(Some(TICK))?;
     let mut report = SourceReport {
         bytes: 0,
@@ -543,6 +602,504 @@ fn read_eof(mut stream: &TcpStream, over: &dyn Fn() -> bool) -> std::io::Result<
         }
     }
     Ok(false)
+}
+
+// ---------------------------------------------------------------------------------------
+// Request/response: one request at a time, every answer checked
+
+/// Request number `seq` of the client with this seed: its number (8 bytes, big-endian),
+/// then pattern bytes that depend on the seed and the number, `len` bytes in all (at
+/// least 8).
+pub fn rr_request(seed: u64, seq: u64, len: usize) -> Vec<u8> {
+    let mut r = vec![0u8; len.max(8)];
+    r[..8].copy_from_slice(&seq.to_be_bytes());
+    Pattern::new(seed ^ seq.wrapping_mul(0x9e37_79b9_7f4a_7c15)).fill(&mut r[8..]);
+    r
+}
+
+/// The answer an [`RrServer`] gives to `request`: `len` bytes of the pattern seeded by
+/// the first 8 bytes of the request's SHA-256. It depends on every byte of the request,
+/// so a client that checks it knows its request arrived whole and the answer came back
+/// whole, and the server needs no shared seed.
+pub fn rr_response(request: &[u8], len: usize) -> Vec<u8> {
+    let digest = Sha256::digest(request);
+    let seed = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+    let mut r = vec![0u8; len];
+    Pattern::new(seed).fill(&mut r);
+    r
+}
+
+/// Errors kept (with their count in full) by the request/response ends: enough to tell
+/// what happened, bounded.
+const RR_ERRORS_KEPT: usize = 16;
+/// Completion times kept by an [`RrClient`] (more than any bench run completes).
+const RR_COMPLETIONS_KEPT: usize = 1_000_000;
+
+/// What an [`RrServer`] saw, over all its connections.
+#[derive(Clone, Debug, Default)]
+pub struct RrServerReport {
+    pub connections: u64,
+    /// Requests answered in full.
+    pub transactions: u64,
+    /// Requests whose number was not the one after the previous request's on their
+    /// connection (a lost or repeated request; the first must be number 0).
+    pub out_of_sequence: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// Connections that ended with an error (a reset, an end of stream inside a
+    /// request), and the first few of those errors.
+    pub failed_connections: u64,
+    pub errors: Vec<String>,
+}
+
+impl RrServerReport {
+    fn add(&mut self, other: RrServerReport) {
+        self.connections += other.connections;
+        self.transactions += other.transactions;
+        self.out_of_sequence += other.out_of_sequence;
+        self.bytes_received += other.bytes_received;
+        self.bytes_sent += other.bytes_sent;
+        self.failed_connections += other.failed_connections;
+        for e in other.errors {
+            if self.errors.len() < RR_ERRORS_KEPT {
+                self.errors.push(e);
+            }
+        }
+    }
+}
+
+/// Answers requests of `request_len` bytes with [`rr_response`]s of `response_len`
+/// bytes, on every connection it accepts (each on its own thread), until stopped or its
+/// deadline.
+#[derive(Debug)]
+pub struct RrServer {
+    local: SocketAddr,
+    transactions: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: NsThread<Result<RrServerReport, LabError>>,
+}
+
+impl RrServer {
+    /// Listens on `listen` inside `ns` with a socket of `protocol` (0: TCP,
+    /// `IPPROTO_MPTCP`: Multipath TCP); returns once listening.
+    pub fn start(
+        ns: &Ns,
+        listen: SocketAddr,
+        request_len: usize,
+        response_len: usize,
+        deadline: Duration,
+        protocol: i32,
+    ) -> Result<RrServer, LabError> {
+        if request_len < 8 {
+            return Err(LabError::Invalid(format!(
+                "requests carry an 8-byte number: {request_len} bytes is too short"
+            )));
+        }
+        let until = Instant::now() + deadline;
+        let listener = ns
+            .run(|| {
+                let l = listen_stream(listen, protocol)?;
+                l.set_nonblocking(true)?;
+                Ok::<_, std::io::Error>(l)
+            })?
+            .map_err(|e| LabError::io(format!("listening on {listen}"), e))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| LabError::io("getsockname", e))?;
+        let transactions = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (transactions, stop) = (transactions.clone(), stop.clone());
+            let shape = (request_len, response_len);
+            ns.spawn_thread("rr server", move || {
+                rr_serve(&listener, shape, until, &transactions, &stop)
+                    .map_err(|e| LabError::io(format!("rr server on {local}"), e))
+            })?
+        };
+        Ok(RrServer {
+            local,
+            transactions,
+            stop,
+            thread,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Requests answered so far, over all connections.
+    pub fn transactions(&self) -> u64 {
+        self.transactions.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting and answering, and reports (within a few ticks).
+    pub fn stop(self) -> Result<RrServerReport, LabError> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join()?
+    }
+}
+
+fn rr_serve(
+    listener: &TcpListener,
+    (request_len, response_len): (usize, usize),
+    until: Instant,
+    transactions: &Arc<AtomicU64>,
+    stop: &Arc<AtomicBool>,
+) -> std::io::Result<RrServerReport> {
+    let over = || stop.load(Ordering::Relaxed) || Instant::now() >= until;
+    let mut handlers = Vec::new();
+    while !over() {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let (transactions, stop) = (transactions.clone(), stop.clone());
+                // The accepted socket is in the namespace already: the handler thread
+                // needs not enter it.
+                handlers.push(std::thread::spawn(move || {
+                    let over = || stop.load(Ordering::Relaxed) || Instant::now() >= until;
+                    rr_answer(stream, request_len, response_len, &over, &transactions)
+                }));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let mut fds = [sys::pollfd(listener.as_raw_fd())];
+                sys::poll(&mut fds, TICK)?;
+            }
+            Err(e) if is_timeout(&e) => {}
+            // A connection that died in the accept queue; the next may be fine.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // Handlers look at the same deadline and stop flag every tick.
+    let mut report = RrServerReport::default();
+    for handler in handlers {
+        match handler.join() {
+            Ok(r) => report.add(r),
+            Err(payload) => report.add(RrServerReport {
+                failed_connections: 1,
+                errors: vec![format!(
+                    "handler panicked: {}",
+                    crate::netns::panic_message(&*payload)
+                )],
+                ..RrServerReport::default()
+            }),
+        }
+    }
+    Ok(report)
+}
+
+/// Serves one connection until its end, an error or `over()`.
+fn rr_answer(
+    stream: TcpStream,
+    request_len: usize,
+    response_len: usize,
+    over: &dyn Fn() -> bool,
+    transactions: &AtomicU64,
+) -> RrServerReport {
+    let mut report = RrServerReport {
+        connections: 1,
+        ..RrServerReport::default()
+    };
+    let fail = |report: &mut RrServerReport, e: String| {
+        report.failed_connections = 1;
+        report.errors.push(e);
+    };
+    if let Err(e) = stream
+        .set_nonblocking(false)
+        .and_then(|()| stream.set_read_timeout(Some(TICK)))
+        .and_then(|()| stream.set_write_timeout(Some(TICK)))
+    {
+        fail(&mut report, format!("socket options: {e}"));
+        return report;
+    }
+    let mut request = vec![0u8; request_len];
+    let mut expected_seq = 0u64;
+    loop {
+        match read_full(&stream, &mut request, over) {
+            Ok(Filled::Full) => {}
+            // The client closed between requests: the normal end.
+            Ok(Filled::Eof(0)) | Ok(Filled::Over) => break,
+            Ok(Filled::Eof(n)) => {
+                fail(&mut report, format!("end of stream {n} bytes into a request"));
+                break;
+            }
+            Err(e) => {
+                fail(&mut report, format!("reading a request: {e}"));
+                break;
+            }
+        }
+        report.bytes_received += request_len as u64;
+        let seq = u64::from_be_bytes(request[..8].try_into().expect("8 bytes"));
+        if seq != expected_seq {
+            report.out_of_sequence += 1;
+        }
+        expected_seq = seq.wrapping_add(1);
+        let response = rr_response(&request, response_len);
+        match write_full(&stream, &response, over) {
+            Ok(true) => {
+                report.bytes_sent += response_len as u64;
+                report.transactions += 1;
+                transactions.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(false) => break,
+            Err(e) => {
+                fail(&mut report, format!("writing a response: {e}"));
+                break;
+            }
+        }
+    }
+    report
+}
+
+/// How a [`read_full`] ended.
+enum Filled {
+    Full,
+    /// The end of the stream after this many bytes of the buffer.
+    Eof(usize),
+    /// `over()` came first.
+    Over,
+}
+
+/// Reads until `buf` is full, the end of the stream or `over()`; a reset is an error.
+fn read_full(mut stream: &TcpStream, buf: &mut [u8], over: &dyn Fn() -> bool) -> std::io::Result<Filled> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        if over() {
+            return Ok(Filled::Over);
+        }
+        match stream.read(&mut buf[filled..]) {
+            Ok(0) => return Ok(Filled::Eof(filled)),
+            Ok(n) => filled += n,
+            Err(e) if is_timeout(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Filled::Full)
+}
+
+/// Writes all of `data` unless `over()` comes first (then `false`).
+fn write_full(mut stream: &TcpStream, data: &[u8], over: &dyn Fn() -> bool) -> std::io::Result<bool> {
+    let mut off = 0;
+    while off < data.len() {
+        if over() {
+            return Ok(false);
+        }
+        match stream.write(&data[off..]) {
+            Ok(n) => off += n,
+            Err(e) if is_timeout(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// What an [`RrClient`] did.
+#[derive(Clone, Debug)]
+pub struct RrReport {
+    /// The client's address when it connected.
+    pub local: SocketAddr,
+    /// Requests answered in full with the right answer.
+    pub transactions: u64,
+    /// Answers that arrived in full but were not the right one.
+    pub mismatches: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// What ended the connection (a reset, the server's end of stream, a write or read
+    /// error), if anything did; the first few.
+    pub errors: Vec<String>,
+    /// No error and no end of stream ended the connection before the stop: it may still
+    /// be stalled ([`RrReport::idle_at_stop`] tells).
+    pub alive: bool,
+    /// When each transaction completed (wall clock, comparable with captures).
+    pub completed_at: Vec<SystemTime>,
+    /// The longest request-to-answer time of a completed transaction.
+    pub max_latency: Duration,
+    /// From the last completed transaction (or the connection) to the stop.
+    pub idle_at_stop: Duration,
+}
+
+/// One connection, one request at a time: sends [`rr_request`] number 0, 1, 2, ...,
+/// reads the whole answer and checks it against [`rr_response`], and goes on at once,
+/// until stopped or its deadline.
+#[derive(Debug)]
+pub struct RrClient {
+    local: SocketAddr,
+    transactions: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: NsThread<Result<RrReport, LabError>>,
+}
+
+impl RrClient {
+    /// Connects to `to` from inside `ns` with a socket of `protocol` (0: TCP,
+    /// `IPPROTO_MPTCP`: Multipath TCP), returns once connected, and asks until stopped
+    /// or `deadline` from now.
+    pub fn start(
+        ns: &Ns,
+        to: SocketAddr,
+        request_len: usize,
+        response_len: usize,
+        seed: u64,
+        deadline: Duration,
+        protocol: i32,
+    ) -> Result<RrClient, LabError> {
+        if request_len < 8 {
+            return Err(LabError::Invalid(format!(
+                "requests carry an 8-byte number: {request_len} bytes is too short"
+            )));
+        }
+        let until = Instant::now() + deadline;
+        let connect_for = deadline.max(Duration::from_millis(1));
+        let stream = ns
+            .run(|| connect_stream(to, protocol, connect_for))?
+            .map_err(|e| LabError::io(format!("connecting to {to}"), e))?;
+        let local = stream.local_addr().map_err(|e| LabError::io("getsockname", e))?;
+        let transactions = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (transactions, stop) = (transactions.clone(), stop.clone());
+            ns.spawn_thread("rr client", move || {
+                let over = || stop.load(Ordering::Relaxed) || Instant::now() >= until;
+                rr_ask(
+                    stream,
+                    local,
+                    (request_len, response_len),
+                    seed,
+                    &over,
+                    &transactions,
+                )
+                .map_err(|e| LabError::io(format!("rr client to {to}"), e))
+            })?
+        };
+        Ok(RrClient {
+            local,
+            transactions,
+            stop,
+            thread,
+        })
+    }
+
+    /// The socket's address when it connected.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Transactions completed so far (right answers only).
+    pub fn transactions(&self) -> u64 {
+        self.transactions.load(Ordering::Relaxed)
+    }
+
+    /// Whether the client has ended on its own (an error, or its deadline).
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Stops (within a tick; a transaction in progress is dropped) and reports.
+    pub fn stop(self) -> Result<RrReport, LabError> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join()?
+    }
+}
+
+fn rr_ask(
+    stream: TcpStream,
+    local: SocketAddr,
+    (request_len, response_len): (usize, usize),
+    seed: u64,
+    over: &dyn Fn() -> bool,
+    transactions: &AtomicU64,
+) -> std::io::Result<RrReport> {
+    stream.set_read_timeout(Some(TICK))?;
+    stream.set_write_timeout(Some(TICK))?;
+    let mut report = RrReport {
+        local,
+        transactions: 0,
+        mismatches: 0,
+        bytes_sent: 0,
+        bytes_received: 0,
+        errors: Vec::new(),
+        alive: true,
+        completed_at: Vec::new(),
+        max_latency: Duration::ZERO,
+        idle_at_stop: Duration::ZERO,
+    };
+    let mut last_progress = Instant::now();
+    let mut response = vec![0u8; response_len];
+    let mut seq = 0u64;
+    let end = |report: &mut RrReport, e: String| {
+        report.alive = false;
+        if report.errors.len() < RR_ERRORS_KEPT {
+            report.errors.push(e);
+        }
+    };
+    while !over() {
+        let request = rr_request(seed, seq, request_len);
+        let asked = Instant::now();
+        match write_full(&stream, &request, over) {
+            Ok(true) => report.bytes_sent += request_len as u64,
+            Ok(false) => break,
+            Err(e) => {
+                end(&mut report, format!("writing request {seq}: {e}"));
+                break;
+            }
+        }
+        match read_full(&stream, &mut response, over) {
+            Ok(Filled::Full) => {}
+            Ok(Filled::Over) => break,
+            Ok(Filled::Eof(n)) => {
+                end(
+                    &mut report,
+                    format!("end of stream {n} bytes into the answer to request {seq}"),
+                );
+                break;
+            }
+            Err(e) => {
+                end(&mut report, format!("reading the answer to request {seq}: {e}"));
+                break;
+            }
+        }
+        report.bytes_received += response_len as u64;
+        if response == rr_response(&request, response_len) {
+            report.transactions += 1;
+            transactions.fetch_add(1, Ordering::Relaxed);
+            let now = Instant::now();
+            report.max_latency = report.max_latency.max(now - asked);
+            last_progress = now;
+            if report.completed_at.len() < RR_COMPLETIONS_KEPT {
+                report.completed_at.push(SystemTime::now());
+            }
+        } else {
+            report.mismatches += 1;
+        }
+        seq += 1;
+    }
+    report.idle_at_stop = last_progress.elapsed();
+    if report.alive {
+        close_between_requests(&stream);
+    }
+    Ok(report)
+}
+
+/// How long a stopping [`RrClient`] waits for the server to see its end of stream.
+const RR_CLOSE_LINGER: Duration = Duration::from_millis(500);
+
+/// Ends the client's side after its last whole request and reads (discarding) until
+/// the server closes too: closing with an unread answer in the receive queue would make
+/// the kernel reset the connection (RFC 2525 §2.17), and the server would count an
+/// error that is none.
+fn close_between_requests(mut stream: &TcpStream) {
+    if stream.shutdown(Shutdown::Write).is_err() {
+        return;
+    }
+    let until = Instant::now() + RR_CLOSE_LINGER;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < until {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -920,6 +1477,26 @@ mod tests {
         }
         a.sha256 = hex::encode(hasher.finalize());
         a
+    }
+
+    #[test]
+    fn requests_are_numbered_and_answers_depend_on_every_request_byte() {
+        let r0 = rr_request(5, 0, 200);
+        let r1 = rr_request(5, 1, 200);
+        assert_eq!(r0.len(), 200);
+        assert_eq!(u64::from_be_bytes(r1[..8].try_into().unwrap()), 1);
+        assert_ne!(r0[8..], r1[8..]);
+        assert_eq!(rr_request(5, 1, 200), r1, "deterministic");
+        assert_ne!(rr_request(6, 1, 200), r1, "seeded");
+        assert_eq!(rr_request(5, 3, 2).len(), 8, "never shorter than its number");
+        let answer = rr_response(&r1, 2000);
+        assert_eq!(answer.len(), 2000);
+        assert_eq!(rr_response(&r1, 2000), answer);
+        assert_ne!(rr_response(&r0, 2000), answer);
+        let mut flipped = r1.clone();
+        flipped[150] ^= 1;
+        assert_ne!(rr_response(&flipped, 2000), answer);
+        assert_eq!(rr_response(&r1, 0), Vec::<u8>::new());
     }
 
     #[test]

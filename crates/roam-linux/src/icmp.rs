@@ -34,6 +34,50 @@
 //! 1812 §4.3.2.8, RFC 4443 §2.4(f)), so the round trip through userspace costs nothing
 //! that matters, and only errors about translated addresses take it.
 //!
+//! # Retransmission kicks (the peer's side of a move)
+//!
+//! When the peer of a flow moves, this host's sender has usually lost its whole window at
+//! the peer's old address. Its tail-loss probe fires into the void while the move is
+//! confirmed, and then it waits for its retransmission timeout (200 ms at least): one
+//! ACK from the peer does not help, because a duplicate ACK without SACK blocks starts
+//! nothing on a SACK connection (RACK needs SACKed data; the three-duplicate rule is for
+//! connections without SACK), and the peer's stack sends one elicited ACK per 500 ms.
+//!
+//! So once the peer's new address is proven ([`DataPlaneCommand::Resend`](roam_core::DataPlaneCommand::Resend)),
+//! the data plane makes this host's own stack retransmit at once, through the one
+//! documented reaction of Linux TCP that does that: Path MTU Discovery. A "fragmentation
+//! needed" (RFC 1191) or "packet too big" (RFC 8201) for an established socket, quoting a
+//! sequence number within `[SND.UNA, SND.NXT]` and an MTU below the socket's, makes the
+//! kernel lower the socket's MSS and call `tcp_simple_retransmit()`
+//! (net/ipv4/tcp_ipv4.c `tcp_v4_err`/`tcp_v4_mtu_reduced`, net/ipv6/tcp_ipv6.c): every
+//! outstanding segment longer than the new MSS is marked lost and retransmitted at once,
+//! as far as the congestion window allows (the window is not reduced: nothing more is in
+//! flight than before).
+//!
+//! 1. [`crate::nft`] arms a one-shot trigger for the flow: an element in the set
+//!    `kick4`/`kick6` under the original tuple, with a timeout. The flow's egress chain
+//!    logs its next packet (prefix `roam-kick`, headers only) to this relay's group and
+//!    deletes the element from the packet path. The data plane's nudge of the same
+//!    batch makes the stack send that packet at once (a challenge ACK, whose sequence
+//!    number is `SND.NXT`); any other segment of the flow would do as well.
+//! 2. The relay asks the kernel for the socket's sender state (sock_diag `tcp_info`:
+//!    [`TcpSenderInfo`]), and if it has unacknowledged segments, injects into its own
+//!    stack an ICMP error quoting the logged packet (original tuple, the socket's own
+//!    sequence number) with an MTU one byte under what the socket's MSS was computed
+//!    from ([`kick_mtu`]), never under the family's minimum (552 for IPv4, the kernel's
+//!    `route/min_pmtu`; 1280 for IPv6, RFC 8200 §5).
+//!
+//! The cost: the socket's MSS is one byte smaller, and so is the path MTU of every
+//! socket to the peer's *original* address, until the kernel's exception expires
+//! (`net.ipv4.route.mtu_expires`, `net.ipv6.route.mtu_expires`: 600 s) and the next
+//! send picks the route's MTU up again. Each further kick within that time takes one
+//! more byte. Linux offers no per-destination removal of an IPv4 exception (only `ip
+//! route flush cache`, which forgets every host's learnt path MTUs). Segments not longer
+//! than the new MSS (a short tail written by the application) are not marked lost by
+//! the kick; RACK marks them once the retransmissions sent after them are acknowledged.
+//! A socket with nothing unacknowledged is left alone (no cost). A sender whose segments
+//! are not full-sized at all (application-limited) gains nothing.
+//!
 //! # Limits
 //!
 //! While no relay listens (roamd stopped with its table kept), matching errors are
@@ -57,12 +101,13 @@ use netlink_packet_netfilter::nflog::{
 use netlink_packet_netfilter::{NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily};
 use netlink_sys::Socket as NetlinkSocket;
 use netlink_sys::constants::NETLINK_NETFILTER;
-use roam_core::translate::{Direction, TranslationTable, Verdict, translate};
+use roam_core::translate::{Direction, Protocol, TranslationTable, Tuple, Verdict, translate};
 use serde::Serialize;
 use socket2::SockAddr;
 use thiserror::Error;
 
 use crate::nudge::{NUDGE_MARK, RawSockets, in_netns};
+use crate::sockdiag::{self, TCPI_OPT_TIMESTAMPS, TcpInfoQuery, TcpSenderInfo};
 
 /// The nfnetlink_log group the table logs ICMP errors to unless configured otherwise
 /// (ASCII "ro"). Groups are per network namespace.
@@ -71,6 +116,14 @@ pub const DEFAULT_ICMP_GROUP: u16 = 0x726f;
 /// The log prefix of errors that arrived (ingress) and of errors the stack sent (egress).
 pub(crate) const PREFIX_INGRESS: &str = "roam-in";
 pub(crate) const PREFIX_EGRESS: &str = "roam-eg";
+/// The log prefix of a flow's first packet after its retransmission kick was armed.
+pub(crate) const PREFIX_KICK: &str = "roam-kick";
+
+/// The smallest path MTU a kick claims: Linux locks IPv4 path MTUs under
+/// `net.ipv4.route.min_pmtu` (552 by default) to that value, and ignores an ICMPv6
+/// "packet too big" under 1280 (RFC 8200 §5).
+pub const KICK_MIN_MTU_V4: u32 = 552;
+pub const KICK_MIN_MTU_V6: u32 = 1280;
 
 /// How long the relay's thread waits for a packet before it looks at its stop flag.
 const POLL: Duration = Duration::from_millis(200);
@@ -92,6 +145,8 @@ pub enum IcmpError {
     },
     #[error("starting the ICMP relay thread: {0}")]
     Thread(#[source] io::Error),
+    #[error("opening the sock_diag socket retransmission kicks read sockets with: {0}")]
+    Diag(#[source] sockdiag::Error),
 }
 
 /// What the relay did.
@@ -108,6 +163,15 @@ pub struct IcmpCounters {
     /// Log messages that were not packets of ours, and receive errors (ENOBUFS: the
     /// kernel dropped log messages because the socket buffer was full).
     pub netlink_errors: u64,
+    /// Retransmission kicks injected: the socket of a flow whose peer moved was told its
+    /// path MTU shrank, and retransmitted what it had outstanding (see the module docs).
+    pub retransmit_kicks: u64,
+    /// Kicks not sent because the socket had nothing unacknowledged (no cost then).
+    pub kicks_idle: u64,
+    /// Kicks that could not be sent: no such socket any more, its path MTU already at
+    /// the family's minimum, a trigger packet that was not TCP, or sock_diag or the
+    /// injection failed.
+    pub kick_errors: u64,
 }
 
 #[derive(Default)]
@@ -117,6 +181,9 @@ struct AtomicCounters {
     malformed: AtomicU64,
     inject_errors: AtomicU64,
     netlink_errors: AtomicU64,
+    retransmit_kicks: AtomicU64,
+    kicks_idle: AtomicU64,
+    kick_errors: AtomicU64,
 }
 
 impl AtomicCounters {
@@ -128,6 +195,9 @@ impl AtomicCounters {
             malformed: g(&self.malformed),
             inject_errors: g(&self.inject_errors),
             netlink_errors: g(&self.netlink_errors),
+            retransmit_kicks: g(&self.retransmit_kicks),
+            kicks_idle: g(&self.kicks_idle),
+            kick_errors: g(&self.kick_errors),
         }
     }
 }
@@ -185,12 +255,13 @@ impl IcmpRelay {
     /// Binds nfnetlink_log group `group` and opens the injecting raw sockets in the
     /// namespace at `netns` (the caller's with `None`), then starts the thread.
     pub fn start(netns: Option<&Path>, group: u16, table: TranslationTable) -> Result<IcmpRelay, IcmpError> {
-        let open = || -> Result<(NetlinkSocket, RawSockets), IcmpError> {
+        let open = || -> Result<(NetlinkSocket, RawSockets, TcpInfoQuery), IcmpError> {
             let nl = bind_group(group)?;
             let raw = RawSockets::open(Some(NUDGE_MARK), "relayed ICMP errors").map_err(IcmpError::Raw)?;
-            Ok((nl, raw))
+            let diag = TcpInfoQuery::open().map_err(IcmpError::Diag)?;
+            Ok((nl, raw, diag))
         };
-        let (nl, raw) = match netns {
+        let (nl, raw, mut diag) = match netns {
             None => open()?,
             Some(path) => in_netns(path, open).map_err(|source| IcmpError::Netns {
                 path: path.to_owned(),
@@ -205,7 +276,7 @@ impl IcmpRelay {
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("roam-icmp".into())
-            .spawn(move || run(&nl, &raw, &s))
+            .spawn(move || run(&nl, &raw, &mut diag, &s))
             .map_err(IcmpError::Thread)?;
         tracing::debug!(group, netns = ?netns, "ICMP error relay started");
         Ok(IcmpRelay {
@@ -291,7 +362,7 @@ fn bind_group(group: u16) -> Result<NetlinkSocket, IcmpError> {
     Ok(nl)
 }
 
-fn run(nl: &NetlinkSocket, raw: &RawSockets, shared: &Shared) {
+fn run(nl: &NetlinkSocket, raw: &RawSockets, diag: &mut TcpInfoQuery, shared: &Shared) {
     let mut buf = vec![0u8; 256 * 1024];
     while !shared.stop.load(Ordering::Relaxed) {
         let n = match nl.recv(&mut &mut buf[..], 0) {
@@ -316,7 +387,7 @@ fn run(nl: &NetlinkSocket, raw: &RawSockets, shared: &Shared) {
                 }
             };
             let len = msg.header.length as usize;
-            handle(&msg, raw, shared);
+            handle(&msg, raw, diag, shared);
             if len == 0 {
                 break;
             }
@@ -326,7 +397,19 @@ fn run(nl: &NetlinkSocket, raw: &RawSockets, shared: &Shared) {
     }
 }
 
-fn handle(msg: &NetlinkMessage<NetfilterMessage>, raw: &RawSockets, shared: &Shared) {
+/// What a logged packet is, by its prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Logged {
+    Error(Direction),
+    Kick,
+}
+
+fn handle(
+    msg: &NetlinkMessage<NetfilterMessage>,
+    raw: &RawSockets,
+    diag: &mut TcpInfoQuery,
+    shared: &Shared,
+) {
     let NetlinkPayload::InnerMessage(NetfilterMessage {
         inner: NetfilterMessageInner::ULog(ULogMessage::Packet(nlas)),
         ..
@@ -334,14 +417,15 @@ fn handle(msg: &NetlinkMessage<NetfilterMessage>, raw: &RawSockets, shared: &Sha
     else {
         return;
     };
-    let mut dir = None;
+    let mut what = None;
     let mut payload = None;
     for nla in nlas {
         match nla {
             PacketNla::Prefix(p) => {
-                dir = match p.to_bytes() {
-                    b if b == PREFIX_INGRESS.as_bytes() => Some(Direction::Ingress),
-                    b if b == PREFIX_EGRESS.as_bytes() => Some(Direction::Egress),
+                what = match p.to_bytes() {
+                    b if b == PREFIX_INGRESS.as_bytes() => Some(Logged::Error(Direction::Ingress)),
+                    b if b == PREFIX_EGRESS.as_bytes() => Some(Logged::Error(Direction::Egress)),
+                    b if b == PREFIX_KICK.as_bytes() => Some(Logged::Kick),
                     _ => None,
                 }
             }
@@ -349,9 +433,16 @@ fn handle(msg: &NetlinkMessage<NetfilterMessage>, raw: &RawSockets, shared: &Sha
             _ => {}
         }
     }
-    let (Some(dir), Some(payload)) = (dir, payload) else {
+    let (Some(what), Some(payload)) = (what, payload) else {
         shared.counters.netlink_errors.fetch_add(1, Ordering::Relaxed);
         return;
+    };
+    let dir = match what {
+        Logged::Error(dir) => dir,
+        Logged::Kick => {
+            kick(payload, raw, diag, &shared.counters);
+            return;
+        }
     };
     let table = shared.table.read().unwrap_or_else(|p| p.into_inner()).clone();
     let c = &shared.counters;
@@ -372,6 +463,201 @@ fn handle(msg: &NetlinkMessage<NetfilterMessage>, raw: &RawSockets, shared: &Sha
             } else {
                 tracing::trace!(?dir, translated, "ICMP error relayed");
             }
+        }
+    }
+}
+
+/// A TCP packet as this host sent it (the trigger of a kick): the flow's original tuple
+/// from this host's point of view, the segment's sequence number, and how many leading
+/// bytes of it (IP header and TCP header) an ICMP error quotes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Trigger {
+    pub flow: Tuple,
+    pub seq: u32,
+    pub quote_len: usize,
+}
+
+impl Trigger {
+    /// Reads the headers of a logged packet (possibly cut short by the log's snap
+    /// length: only the headers matter). IPv6 extension headers are refused: TCP
+    /// segments carry none in practice, and the kernel would skip them anyway.
+    pub fn parse(packet: &[u8]) -> Result<Trigger, &'static str> {
+        let version = packet.first().ok_or("empty packet")? >> 4;
+        let (src, dst, ip_len): (IpAddr, IpAddr, usize) = match version {
+            4 => {
+                let ihl = usize::from(packet[0] & 0x0f) * 4;
+                if ihl < 20 || packet.len() < ihl {
+                    return Err("truncated IPv4 header");
+                }
+                if packet[9] != 6 {
+                    return Err("not TCP");
+                }
+                let a = |at: usize| IpAddr::from(<[u8; 4]>::try_from(&packet[at..at + 4]).expect("4 bytes"));
+                (a(12), a(16), ihl)
+            }
+            6 => {
+                if packet.len() < 40 {
+                    return Err("truncated IPv6 header");
+                }
+                if packet[6] != 6 {
+                    return Err("not TCP (or behind IPv6 extension headers)");
+                }
+                let a =
+                    |at: usize| IpAddr::from(<[u8; 16]>::try_from(&packet[at..at + 16]).expect("16 bytes"));
+                (a(8), a(24), 40)
+            }
+            _ => return Err("not IP"),
+        };
+        // Ports and sequence number: what the kernel reads of a quote (RFC 792 and RFC
+        // 4443 guarantee the first 8 bytes of the transport header).
+        let tcp = packet.get(ip_len..ip_len + 8).ok_or("truncated TCP header")?;
+        let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+        let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+        let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+        let tcp_len = packet
+            .get(ip_len + 12)
+            .map_or(8, |off| usize::from(off >> 4) * 4)
+            .max(8);
+        Ok(Trigger {
+            flow: Tuple::new(
+                Protocol::Tcp,
+                SocketAddr::new(src, sport),
+                SocketAddr::new(dst, dport),
+            ),
+            seq,
+            quote_len: (ip_len + tcp_len).min(packet.len()),
+        })
+    }
+}
+
+/// Why no kick was sent for a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoKick {
+    /// Nothing unacknowledged: nothing to retransmit.
+    Idle,
+    /// The MTU a kick would claim is under the family's minimum ([`KICK_MIN_MTU_V4`],
+    /// [`KICK_MIN_MTU_V6`]).
+    AtMinimum { mtu: u32 },
+}
+
+/// The path MTU a kick claims for a socket in state `info`: one byte under the MTU its
+/// current MSS corresponds to, so that every full-sized segment it has outstanding is
+/// longer than the new MSS. That is `pmtu - 1` unless the MSS was clamped lower (by the
+/// peer's MSS option), where a `pmtu - 1` would not change the MSS and retransmit
+/// nothing. IP options and IPv6 extension headers the socket adds would only lower the
+/// resulting MSS further.
+pub fn kick_mtu(info: &TcpSenderInfo, v6: bool) -> Result<u32, NoKick> {
+    if info.unacked == 0 {
+        return Err(NoKick::Idle);
+    }
+    let ip = if v6 { 40 } else { 20 };
+    let options = if info.options & TCPI_OPT_TIMESTAMPS != 0 {
+        12
+    } else {
+        0
+    };
+    let from_mss = info.snd_mss + ip + 20 + options;
+    let current = if info.pmtu == 0 {
+        from_mss
+    } else {
+        info.pmtu.min(from_mss)
+    };
+    let mtu = current.saturating_sub(1);
+    let min = if v6 { KICK_MIN_MTU_V6 } else { KICK_MIN_MTU_V4 };
+    if mtu < min {
+        return Err(NoKick::AtMinimum { mtu });
+    }
+    Ok(mtu)
+}
+
+/// The ICMP error a kick injects: "fragmentation needed" (RFC 1191) or "packet too big"
+/// (RFC 8201) with `mtu`, from the flow's remote end to its local end (as a router on
+/// the path to it would send), quoting the trigger's headers. Checksums by etherparse.
+pub fn kick_error(trigger: &Trigger, packet: &[u8], mtu: u32) -> Result<Vec<u8>, &'static str> {
+    use etherparse::{Icmpv4Type, Icmpv6Type, PacketBuilder, icmpv4};
+    let quote = packet
+        .get(..trigger.quote_len)
+        .ok_or("quote longer than the packet")?;
+    let mut out = Vec::with_capacity(48 + quote.len());
+    match (trigger.flow.remote.ip(), trigger.flow.local.ip()) {
+        (IpAddr::V4(from), IpAddr::V4(to)) => {
+            let next_hop_mtu = u16::try_from(mtu).map_err(|_| "MTU over 65535")?;
+            PacketBuilder::ipv4(from.octets(), to.octets(), 64)
+                .icmpv4(Icmpv4Type::DestinationUnreachable(
+                    icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu },
+                ))
+                .write(&mut out, quote)
+                .map_err(|_| "building the ICMP error")?;
+        }
+        (IpAddr::V6(from), IpAddr::V6(to)) => {
+            PacketBuilder::ipv6(from.octets(), to.octets(), 64)
+                .icmpv6(Icmpv6Type::PacketTooBig { mtu })
+                .write(&mut out, quote)
+                .map_err(|_| "building the ICMPv6 error")?;
+        }
+        _ => return Err("mixed families"),
+    }
+    Ok(out)
+}
+
+/// The relay's part of a kick: the logged `packet` is the flow's first segment since
+/// the kick was armed.
+fn kick(packet: &[u8], raw: &RawSockets, diag: &mut TcpInfoQuery, c: &AtomicCounters) {
+    let trigger = match Trigger::parse(packet) {
+        Ok(t) => t,
+        Err(reason) => {
+            c.kick_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(reason, "retransmission kick: unreadable trigger");
+            return;
+        }
+    };
+    let flow = trigger.flow;
+    let info = match diag.get(&flow) {
+        Ok(Some(info)) => info,
+        Ok(None) => {
+            c.kick_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%flow, "retransmission kick: no such socket");
+            return;
+        }
+        Err(e) => {
+            c.kick_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%flow, error = %e, "retransmission kick: sock_diag");
+            return;
+        }
+    };
+    let mtu = match kick_mtu(&info, !flow.is_ipv4()) {
+        Ok(mtu) => mtu,
+        Err(NoKick::Idle) => {
+            c.kicks_idle.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%flow, "retransmission kick: nothing outstanding");
+            return;
+        }
+        Err(NoKick::AtMinimum { mtu }) => {
+            c.kick_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%flow, mtu, pmtu = info.pmtu, "retransmission kick: path MTU at the minimum");
+            return;
+        }
+    };
+    let sent = kick_error(&trigger, packet, mtu)
+        .map_err(io::Error::other)
+        .and_then(|err| inject(raw, &err));
+    match sent {
+        Ok(()) => {
+            c.retransmit_kicks.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                %flow,
+                seq = trigger.seq,
+                mtu,
+                pmtu = info.pmtu,
+                snd_mss = info.snd_mss,
+                unacked = info.unacked,
+                backoff = info.backoff,
+                "retransmission kick injected"
+            );
+        }
+        Err(e) => {
+            c.kick_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%flow, error = %e, "retransmission kick: injection refused");
         }
     }
 }
@@ -476,6 +762,153 @@ mod tests {
             relay_one(&t, Direction::Ingress, &err[..22]),
             Relayed::Malformed(_)
         ));
+    }
+
+    fn tcp(l: &str, r: &str) -> Tuple {
+        Tuple::new(Protocol::Tcp, l.parse().unwrap(), r.parse().unwrap())
+    }
+
+    /// A bare ACK of `flow` as its local end sends it, with timestamps (12 option bytes).
+    fn ack(flow: &Tuple, seq: u32) -> Vec<u8> {
+        use etherparse::{PacketBuilder, TcpOptionElement};
+        let b = match (flow.local.ip(), flow.remote.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), 64),
+            (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), 64),
+            _ => panic!(),
+        };
+        let b = b
+            .tcp(flow.local.port(), flow.remote.port(), seq, 1000)
+            .ack(77)
+            .options(&[
+                TcpOptionElement::Noop,
+                TcpOptionElement::Noop,
+                TcpOptionElement::Timestamp(1, 2),
+            ])
+            .unwrap();
+        let mut out = Vec::new();
+        b.write(&mut out, &[]).unwrap();
+        out
+    }
+
+    fn info(unacked: u32, snd_mss: u32, pmtu: u32) -> TcpSenderInfo {
+        TcpSenderInfo {
+            state: 1,
+            options: TCPI_OPT_TIMESTAMPS,
+            snd_mss,
+            unacked,
+            pmtu,
+            ..TcpSenderInfo::default()
+        }
+    }
+
+    #[test]
+    fn a_trigger_gives_the_flow_its_sequence_number_and_its_headers() {
+        for flow in [
+            tcp("10.9.0.2:5001", "10.9.0.1:40000"),
+            tcp("[fd00::2]:5001", "[fd00::1]:40000"),
+        ] {
+            let pkt = ack(&flow, 0xdead_beef);
+            let t = Trigger::parse(&pkt).unwrap();
+            assert_eq!((t.flow, t.seq), (flow, 0xdead_beef));
+            // IP header and the TCP header with its options: the whole of a bare ACK.
+            assert_eq!(t.quote_len, pkt.len());
+            // Cut short by the log's snap length: the headers are still there.
+            let mut long = pkt.clone();
+            long.extend_from_slice(&[0u8; 64]);
+            assert_eq!(Trigger::parse(&long).unwrap().quote_len, pkt.len());
+            let hdr = if flow.is_ipv4() { 20 } else { 40 };
+            assert!(Trigger::parse(&pkt[..hdr + 7]).is_err());
+            assert_eq!(Trigger::parse(&pkt[..hdr + 8]).unwrap().quote_len, hdr + 8);
+        }
+        let udp = port_unreachable(
+            "10.9.1.2".parse().unwrap(),
+            "10.9.2.1:5000".parse().unwrap(),
+            "10.9.1.2:53".parse().unwrap(),
+        );
+        assert_eq!(Trigger::parse(&udp), Err("not TCP"));
+        assert_eq!(Trigger::parse(&[]), Err("empty packet"));
+        assert_eq!(Trigger::parse(&[0x50; 40]), Err("not IP"));
+    }
+
+    #[test]
+    fn the_kick_mtu_is_one_byte_under_what_the_mss_was_computed_from() {
+        // 1500 on the path, MSS 1448 with timestamps: 1499, both families' arithmetic.
+        assert_eq!(kick_mtu(&info(10, 1448, 1500), false), Ok(1499));
+        assert_eq!(kick_mtu(&info(10, 1428, 1500), true), Ok(1499));
+        // The peer's MSS option clamped the MSS: under what the MSS comes from, or the
+        // MSS would not change and nothing would be retransmitted.
+        assert_eq!(kick_mtu(&info(10, 1348, 1500), false), Ok(1399));
+        // A second kick goes one byte further.
+        assert_eq!(kick_mtu(&info(10, 1447, 1499), false), Ok(1498));
+        // Nothing outstanding: no kick, no cost.
+        assert_eq!(kick_mtu(&info(0, 1448, 1500), false), Err(NoKick::Idle));
+        // Never under the family's minimum.
+        assert_eq!(
+            kick_mtu(&info(3, 1228, 1280), true),
+            Err(NoKick::AtMinimum { mtu: 1279 })
+        );
+        assert_eq!(
+            kick_mtu(&info(3, 500, 552), false),
+            Err(NoKick::AtMinimum { mtu: 551 })
+        );
+        assert_eq!(kick_mtu(&info(3, 501, 553), false), Ok(552));
+    }
+
+    #[test]
+    fn the_kick_error_quotes_the_trigger_to_the_local_end_with_valid_checksums() {
+        use etherparse::{Icmpv4Type, Icmpv6Type, NetSlice, SlicedPacket, TransportSlice, icmpv4};
+        let v4 = tcp("10.9.0.2:5001", "10.9.0.1:40000");
+        let pkt = ack(&v4, 42);
+        let t = Trigger::parse(&pkt).unwrap();
+        let err = kick_error(&t, &pkt, 1499).unwrap();
+        let s = SlicedPacket::from_ip(&err).unwrap();
+        let Some(NetSlice::Ipv4(ip)) = &s.net else {
+            panic!()
+        };
+        assert_eq!(ip.header().source_addr(), std::net::Ipv4Addr::new(10, 9, 0, 1));
+        assert_eq!(
+            ip.header().destination_addr(),
+            std::net::Ipv4Addr::new(10, 9, 0, 2)
+        );
+        let Some(TransportSlice::Icmpv4(icmp)) = &s.transport else {
+            panic!()
+        };
+        assert_eq!(
+            icmp.icmp_type(),
+            Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                next_hop_mtu: 1499
+            })
+        );
+        assert_eq!(icmp.payload(), &pkt[..]);
+        assert_eq!(
+            icmp.checksum(),
+            icmp.header().icmp_type.calc_checksum(icmp.payload())
+        );
+
+        let v6 = tcp("[fd00::2]:5001", "[fd00::1]:40000");
+        let pkt = ack(&v6, 42);
+        let t = Trigger::parse(&pkt).unwrap();
+        let err = kick_error(&t, &pkt, 1499).unwrap();
+        let s = SlicedPacket::from_ip(&err).unwrap();
+        let Some(NetSlice::Ipv6(ip)) = &s.net else {
+            panic!()
+        };
+        let (src, dst) = (ip.header().source_addr(), ip.header().destination_addr());
+        assert_eq!(
+            (IpAddr::from(src), IpAddr::from(dst)),
+            (v6.remote.ip(), v6.local.ip())
+        );
+        let Some(TransportSlice::Icmpv6(icmp)) = &s.transport else {
+            panic!()
+        };
+        assert_eq!(icmp.icmp_type(), Icmpv6Type::PacketTooBig { mtu: 1499 });
+        assert_eq!(icmp.payload(), &pkt[..]);
+        let sum = icmp
+            .header()
+            .icmp_type
+            .calc_checksum(src.octets(), dst.octets(), icmp.payload())
+            .unwrap();
+        assert_eq!(icmp.checksum(), sum);
     }
 
     #[test]

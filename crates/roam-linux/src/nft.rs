@@ -107,6 +107,12 @@
 //! - ICMP errors: before the flow maps, each chain sends ICMP errors that quote an
 //!   address of a translated entry (sets `icq4`/`icq6`, keyed by the raw quoted address)
 //!   to [`crate::icmp`]'s relay, which translates them with roam-core's rewriter.
+//! - Retransmission kicks ([`crate::icmp`], "Retransmission kicks"): with the relay, a
+//!   translated TCP flow's egress chain starts with a rule that, when the flow's original
+//!   tuple is in the set `kick4`/`kick6`, deletes it from there (from the packet path:
+//!   one-shot) and logs the packet's headers to the relay. [`DataPlaneCommand::Resend`]
+//!   adds the element, with a timeout (2 s); the relay then makes the local
+//!   stack retransmit what the peer's move lost, at once.
 //! - Named counters: `eg_translated`, `in_translated`, `hold_dropped`, `budget_dropped`
 //!   ([`NftDataPlane::counters`]).
 //!
@@ -124,7 +130,8 @@
 //!   new egress rules are *inserted at the head* of the flow's chain and shadow the old
 //!   ones (every rule set ends in a verdict); the previous ingress element gets its drain
 //!   timeout (or a 1 ms one) instead of being deleted;
-//! - `Validated`/`Unreachable`: the exemption set gets the address.
+//! - `Validated`/`Unreachable`: the exemption set gets the address;
+//! - `Resend`: the kick set gets the flow (the packet path deletes it, or its timeout).
 //!
 //! [`NftDataPlane::maintain`], off the critical path, compacts shadowed chains, deletes
 //! lifted budgets and the chains of removed flows. Deletions happen there, in
@@ -154,9 +161,9 @@
 //!   kernel: nft cannot fix the ICMP checksum over a rewritten quote. The chains log them
 //!   (`log group`, see [`NftConfig::icmp_group`]) and drop them, and [`crate::icmp`]
 //!   translates and re-injects them from userspace.
-//! - No queueing (hold, budget): dropped packets are the stack's to retransmit, and
-//!   [`DataPlaneCommand::Resend`] is counted and ignored (the kernel keeps no copies; SACK
-//!   and RACK-TLP recover once an ACK gets through).
+//! - No queueing (hold, budget): dropped packets are the stack's to retransmit. The
+//!   kernel keeps no copies to resend: [`DataPlaneCommand::Resend`] arms a retransmission
+//!   kick instead (above), which makes the stack itself retransmit.
 //! - Non-first IP fragments carry no ports and match no flow entry (as in the rewriter).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -195,6 +202,14 @@ const GC_SLACK: Duration = Duration::from_secs(3);
 /// The largest bare TCP ACK, in bytes: an IPv6 header (40) and a TCP header with the most
 /// options (60). An IPv4 one is at most 80 without IP options.
 const BARE_ACK_MAX: u32 = 100;
+
+/// How long an armed retransmission kick waits for the flow's next packet: the nudge of
+/// the same batch normally elicits one at once.
+const KICK_ARMED: Duration = Duration::from_secs(2);
+
+/// How much of a kick's trigger packet is logged: its IP and TCP headers (an IPv6 header
+/// and a TCP header with the most options take 100 bytes).
+const KICK_SNAPLEN: u32 = 128;
 
 /// nft refuses quotas of 2^63 bytes and more.
 const QUOTA_MAX: u64 = 1 << 62;
@@ -300,7 +315,11 @@ pub struct NftCounters {
     /// Nudges that asked for a fast retransmit and got one segment (the kernel answers
     /// one per socket per 500 ms; see [`crate::nudge`]).
     pub fast_retransmit_as_single: u64,
-    /// `Resend` commands: counted, nothing to do (the kernel keeps no copies).
+    /// `Resend` commands that armed a retransmission kick ([`crate::icmp`]): the flow's
+    /// next packet goes to the relay, which makes the local stack retransmit at once.
+    pub kicks_armed: u64,
+    /// `Resend` commands with nothing to do: no relay, or no translated TCP entry (the
+    /// kernel keeps no copies to resend).
     pub resends_ignored: u64,
     /// ICMP errors about translated flows, relayed through userspace ([`crate::icmp`]).
     pub icmp: IcmpCounters,
@@ -412,10 +431,15 @@ impl NftDataPlane {
             )?),
             None => None,
         };
+        // Kicks need the relay: it injects them.
+        let kick_group = config.icmp_group;
         let mut dp = NftDataPlane {
             config,
             netns,
-            state: State::default(),
+            state: State {
+                kick_group,
+                ..State::default()
+            },
             nudger,
             icmp,
             counters: NftCounters::default(),
@@ -494,8 +518,13 @@ impl NftDataPlane {
                     fast_retransmit,
                 } => self.nudge(original, *fast_retransmit),
                 DataPlaneCommand::Resend { original } => {
-                    tracing::trace!(flow = %original, "resend: left to the stack's SACK/RACK");
-                    self.counters.resends_ignored += 1;
+                    if self.state.kick_target(original).is_some() {
+                        tracing::debug!(flow = %original, "resend: retransmission kick armed");
+                        self.counters.kicks_armed += 1;
+                    } else {
+                        tracing::trace!(flow = %original, "resend: left to the stack's SACK/RACK");
+                        self.counters.resends_ignored += 1;
+                    }
                 }
                 _ => {}
             }
@@ -846,6 +875,10 @@ struct State {
     /// The addresses in the sets `icq4`/`icq6`: ICMP errors quoting one of them go to
     /// the relay ([`crate::icmp`]). Added with the entries, deleted by `maintain`.
     icmp_addrs: BTreeSet<IpAddr>,
+    /// The relay's nfnetlink_log group when retransmission kicks are on (with the relay):
+    /// translated TCP entries' egress chains log their first packet after a kick was
+    /// armed ([`crate::icmp`]).
+    kick_group: Option<u16>,
     next_id: u64,
 }
 
@@ -864,6 +897,7 @@ impl Default for State {
             budgets: BTreeMap::new(),
             lifted: BTreeMap::new(),
             icmp_addrs: BTreeSet::new(),
+            kick_group: None,
             next_id: 1,
         }
     }
@@ -1139,7 +1173,11 @@ impl State {
                 self.lift_budget(remote.to_canonical(), s);
                 Ok(())
             }
-            DataPlaneCommand::Nudge { .. } | DataPlaneCommand::Resend { .. } => Ok(()),
+            DataPlaneCommand::Resend { original } => {
+                self.arm_kick(original, s);
+                Ok(())
+            }
+            DataPlaneCommand::Nudge { .. } => Ok(()),
         }
     }
 
@@ -1156,22 +1194,65 @@ impl State {
     }
 
     /// The egress chain of an entry. Every rule set ends in a verdict (`goto budget`
-    /// ends in `accept`), so newer rules inserted at the head shadow older ones.
-    fn egress_rules(m: &FlowMapping) -> Vec<String> {
+    /// ends in `accept`), so newer rules inserted at the head shadow older ones. A
+    /// translated TCP entry's set starts with its retransmission kick's trigger when
+    /// kicks are on (see [`State::arm_kick`]).
+    fn egress_rules(&self, m: &FlowMapping) -> Vec<String> {
         if m.hold {
             vec!["counter name \"hold_dropped\" drop".to_owned()]
         } else if m.current == m.original {
             vec!["accept".to_owned()]
         } else {
             let (o, c) = (m.original, m.current);
-            rewrite_rules(
+            let mut rules = Vec::new();
+            if let Some(group) = self.kick_group
+                && o.protocol == Protocol::Tcp
+            {
+                let fam = Family::of(o.local.ip());
+                let (d, l3) = (fam.digit(), fam.l3());
+                let key = format!("{l3} saddr . tcp sport . {l3} daddr . tcp dport");
+                rules.push(format!(
+                    "{key} @kick{d} delete @kick{d} {{ {key} }} log prefix \"{}\" group {group} snaplen {KICK_SNAPLEN}",
+                    icmp::PREFIX_KICK
+                ));
+            }
+            rules.extend(rewrite_rules(
                 o.protocol,
                 (o.local, o.remote),
                 (c.local, c.remote),
                 false,
                 "counter name \"eg_translated\" goto budget",
-            )
+            ));
+            rules
         }
+    }
+
+    /// The original tuple of the entry a `Resend` for `original` arms a retransmission
+    /// kick for: a TCP entry translated (not held) by a chain that has the trigger rule.
+    fn kick_target(&self, original: &Tuple) -> Option<Tuple> {
+        self.kick_group?;
+        let o = canon_tuple(*original);
+        let m = self.table.flow_by_original(&o)?;
+        (o.protocol == Protocol::Tcp && !m.hold && m.current != m.original).then_some(o)
+    }
+
+    /// `Resend`: the peer of `original` moved, and what the local stack sent it was
+    /// probably lost at its old address. The flow's next egress packet (the nudge of the
+    /// same batch elicits one) is logged to the relay, which makes the stack retransmit
+    /// its window at once ([`crate::icmp`], "Retransmission kicks"). One-shot: the rule
+    /// deletes the element from the packet path; the timeout covers a flow that sends
+    /// nothing. An addition only: nothing on a move's path waits for a deletion.
+    fn arm_kick(&mut self, original: &Tuple, s: &mut Script) {
+        let Some(o) = self.kick_target(original) else {
+            return;
+        };
+        let t = s.t().to_owned();
+        let d = Family::of(o.local.ip()).digit();
+        let ms = KICK_ARMED.as_millis();
+        s.cmd(format_args!(
+            "add element {t} kick{d} {{ {} timeout {ms}ms }}",
+            egress_key(&o)
+        ));
     }
 
     /// The ingress chain of an original tuple: every field back to the original, so that
@@ -1233,7 +1314,7 @@ impl State {
         let id = fc.id;
 
         // Egress.
-        let rules = Self::egress_rules(&m);
+        let rules = self.egress_rules(&m);
         if fc.egress_element {
             for r in rules.iter().rev() {
                 s.cmd(format_args!("insert rule {t} e{id} {r}"));
@@ -1399,12 +1480,13 @@ impl State {
                 .table
                 .flow_by_original(&original)
                 .expect("chains only for entries");
+            let rules = self.egress_rules(&m);
             let fc = self.chains.get_mut(&original).expect("listed");
             let id = fc.id;
             s.cmd(format_args!("flush chain {t} e{id}"));
             fc.stale = false;
             if needs_egress(&m) {
-                s.add_rules(&format!("e{id}"), &Self::egress_rules(&m));
+                s.add_rules(&format!("e{id}"), &rules);
             } else {
                 fc.egress_element = false;
                 s.delete_element(&flow_map("eg", &original), &egress_key(&original));
@@ -1575,6 +1657,12 @@ fn base_script(table: &str, icmp_group: Option<u16>) -> String {
             Family::V6 => 128,
         };
         let _ = writeln!(s, "  set icq{d} {{ typeof @th,128,{bits}; }}");
+        // Original tuples of TCP flows whose retransmission kick is armed (crate::icmp):
+        // deleted from the packet path by the trigger rule, or by their timeout.
+        let _ = writeln!(
+            s,
+            "  set kick{d} {{ type {a} . inet_service . {a} . inet_service; flags dynamic, timeout; }}"
+        );
     }
     // Every translated egress packet ends here. Both quotas are spent by what passes
     // them; bare ACKs only by the cap (see the module docs). `accept` ends the table's
@@ -1913,6 +2001,101 @@ mod tests {
     }
 
     #[test]
+    fn resend_arms_a_one_shot_kick_for_translated_tcp_entries_only() {
+        let mut st = State {
+            kick_group: Some(7),
+            ..State::default()
+        };
+        // The peer's side of a move: local y, remote X's original and current address.
+        let o = tcp("10.9.0.2:5001", "10.9.0.1:40000");
+        let c = tcp("10.9.0.2:5001", "10.9.0.3:40000");
+        let text = plan(&mut st, &[install(o, c, false)]).unwrap();
+        let key = "ip saddr . tcp sport . ip daddr . tcp dport";
+        // The trigger comes first in the flow's egress chain, before the rewrite: it
+        // sees the original tuple, and it does not end the chain.
+        assert!(
+            text.contains(&format!(
+                "add rule inet roam e1 {key} @kick4 delete @kick4 {{ {key} }} log prefix \"roam-kick\" group 7 snaplen 128\nadd rule inet roam e1 meta l4proto tcp ip daddr set 10.9.0.3"
+            )),
+            "{text}"
+        );
+        let resend = DataPlaneCommand::Resend { original: o };
+        assert_eq!(st.kick_target(&o), Some(o));
+        assert_eq!(
+            plan(
+                &mut st,
+                &[
+                    resend,
+                    DataPlaneCommand::Nudge {
+                        original: o,
+                        fast_retransmit: false
+                    }
+                ]
+            )
+            .unwrap(),
+            "add element inet roam kick4 { 10.9.0.2 . 5001 . 10.9.0.1 . 40000 timeout 2000ms }\n"
+        );
+        // A second move replaces the rules at the head; the trigger stays first.
+        let c2 = tcp("10.9.0.2:5001", "10.9.0.4:40000");
+        let text = plan(&mut st, &[install(o, c2, false)]).unwrap();
+        let first = text
+            .lines()
+            .find(|l| l.starts_with("insert rule inet roam e1"))
+            .unwrap();
+        assert!(first.contains("ip daddr set 10.9.0.4"), "{text}");
+        let last = text
+            .lines()
+            .rfind(|l| l.starts_with("insert rule inet roam e1"))
+            .unwrap();
+        assert!(
+            last.contains("@kick4"),
+            "inserted last, so first in the chain: {text}"
+        );
+        assert!(
+            !text.contains("delete element") && !text.contains("flush"),
+            "{text}"
+        );
+
+        // UDP, held, untranslated or unknown entries: nothing armed.
+        let u = udp("10.9.0.2:53", "10.9.0.1:41000");
+        let uc = udp("10.9.0.2:53", "10.9.0.3:41000");
+        let text = plan(&mut st, &[install(u, uc, false)]).unwrap();
+        assert!(!text.contains("kick"), "{text}");
+        let h = tcp("10.9.0.2:5002", "10.9.0.1:40001");
+        let hc = tcp("10.9.0.2:5002", "10.9.0.3:40001");
+        plan(&mut st, &[install(h, hc, true)]).unwrap();
+        let same = tcp("10.9.0.2:5003", "10.9.0.1:40002");
+        plan(&mut st, &[install(same, same, true)]).unwrap();
+        plan(&mut st, &[install(same, same, false)]).unwrap();
+        let unknown = tcp("10.9.0.2:5004", "10.9.0.1:40003");
+        for t in [u, h, same, unknown] {
+            assert_eq!(st.kick_target(&t), None, "{t}");
+            assert_eq!(
+                plan(&mut st, &[DataPlaneCommand::Resend { original: t }]).unwrap(),
+                ""
+            );
+        }
+        // Without the relay, no kicks at all.
+        let mut off = State::default();
+        let text = plan(&mut off, &[install(o, c, false)]).unwrap();
+        assert!(!text.contains("kick"), "{text}");
+        assert_eq!(
+            plan(&mut off, &[DataPlaneCommand::Resend { original: o }]).unwrap(),
+            ""
+        );
+        // Tidying keeps the trigger in the compacted chain.
+        let mut s = Script::new("roam");
+        st.plan_tidy(&mut s);
+        assert!(
+            s.text.contains(&format!(
+                "flush chain inet roam e1\nadd rule inet roam e1 {key} @kick4"
+            )),
+            "{}",
+            s.text
+        );
+    }
+
+    #[test]
     fn v4_mapped_tuples_are_keyed_as_ipv4() {
         let mut st = State::default();
         let o = tcp("[::ffff:10.9.0.1]:40000", "[::ffff:10.9.0.2]:5001");
@@ -1929,6 +2112,9 @@ mod tests {
             "bcap4", "bamp6",
         ] {
             assert!(base.contains(&format!("map {m} {{")), "{m}");
+        }
+        for k in ["kick4", "kick6"] {
+            assert!(base.contains(&format!("set {k} {{")), "{k}");
         }
     }
 }

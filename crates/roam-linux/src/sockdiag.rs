@@ -301,6 +301,7 @@ fn build_request(
     family: u8,
     protocol: u8,
     states: u32,
+    ext: u8,
     id: Option<(&Tuple, u32, u64)>,
 ) -> Vec<u8> {
     let total = NLMSG_HDRLEN + INET_DIAG_REQ_V2_LEN;
@@ -312,7 +313,7 @@ fn build_request(
     m.extend_from_slice(&0u32.to_ne_bytes());
     m.push(family);
     m.push(protocol);
-    m.push(0); // idiag_ext: no extensions, so replies stay small
+    m.push(ext); // idiag_ext: none for dumps, so replies stay small
     m.push(0);
     m.extend_from_slice(&states.to_ne_bytes());
     match id {
@@ -522,6 +523,7 @@ fn dump_one(
             family,
             protocol.ip_number(),
             states,
+            0,
             None,
         );
         sock.send(&req)?;
@@ -616,6 +618,7 @@ pub fn destroy(flow: &SocketFlow) -> Result<()> {
         family,
         t.protocol.ip_number(),
         u32::MAX,
+        0,
         Some((t, flow.bound_ifindex, flow.cookie)),
     );
     let sock = DiagSocket::open()?;
@@ -628,5 +631,235 @@ pub fn destroy(flow: &SocketFlow) -> Result<()> {
             debug!(tuple = %t, "socket destroyed");
             return Ok(());
         }
+    }
+}
+
+/// `INET_DIAG_INFO` (linux/inet_diag.h): the attribute carrying `struct tcp_info`, and
+/// its bit in `idiag_ext`.
+const INET_DIAG_INFO: u16 = 2;
+/// `inet_diag_sockid`'s "no cookie" (`INET_DIAG_NOCOOKIE`, both halves all ones): look
+/// the socket up by its tuple alone.
+const NO_COOKIE: u64 = u64::MAX;
+/// The part of `struct tcp_info` read here ends with `tcpi_total_retrans` (offset 100).
+const TCP_INFO_MIN: usize = 104;
+/// `TCPI_OPT_TIMESTAMPS` in `tcpi_options`.
+pub const TCPI_OPT_TIMESTAMPS: u8 = 1;
+
+/// What the kernel says of one TCP socket's sender: the fields of `struct tcp_info`
+/// (linux/tcp.h) roam reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpSenderInfo {
+    /// `tcpi_state` (`TCP_ESTABLISHED` is 1).
+    pub state: u8,
+    /// `tcpi_ca_state`: 0 open, 1 disorder, 2 CWR, 3 recovery, 4 loss.
+    pub ca_state: u8,
+    /// Retransmission timeouts in a row (`icsk_backoff`).
+    pub backoff: u8,
+    /// `TCPI_OPT_*` bits.
+    pub options: u8,
+    /// The sender's current maximum segment size (`mss_cache`).
+    pub snd_mss: u32,
+    /// Segments sent and not acknowledged (`packets_out`).
+    pub unacked: u32,
+    /// The path MTU the socket last synchronised its MSS to (`icsk_pmtu_cookie`).
+    pub pmtu: u32,
+    pub total_retrans: u32,
+}
+
+/// Decodes one reply to a single-socket request: `Ok(None)` when the kernel has no such
+/// socket (ENOENT).
+fn parse_tcp_info_reply(buf: &[u8], seq: u32) -> Result<Option<TcpSenderInfo>> {
+    let mut rest = buf;
+    while !rest.is_empty() {
+        if rest.len() < NLMSG_HDRLEN {
+            return Err(Error::Malformed("trailing bytes shorter than a netlink header"));
+        }
+        let len = u32_ne(rest, 0)? as usize;
+        let msg_type = u16_ne(rest, 4)?;
+        let msg_seq = u32_ne(rest, 8)?;
+        if len < NLMSG_HDRLEN || len > rest.len() {
+            return Err(Error::Malformed("netlink message length out of bounds"));
+        }
+        let payload = &rest[NLMSG_HDRLEN..len];
+        rest = rest.get(len.saturating_add(3) & !3..).unwrap_or(&[]);
+        if msg_seq != seq {
+            continue;
+        }
+        match msg_type {
+            NLMSG_ERROR => {
+                let code = u32_ne(payload, 0)? as i32;
+                return match code.saturating_neg() {
+                    libc::ENOENT => Ok(None),
+                    e => Err(Error::Kernel(e)),
+                };
+            }
+            SOCK_DIAG_BY_FAMILY => {
+                if payload.len() < INET_DIAG_MSG_LEN {
+                    return Err(Error::Malformed("inet_diag_msg shorter than 72 bytes"));
+                }
+                let mut attrs = &payload[INET_DIAG_MSG_LEN..];
+                while attrs.len() >= 4 {
+                    let alen = usize::from(u16_ne(attrs, 0)?);
+                    let atype = u16_ne(attrs, 2)?;
+                    if alen < 4 || alen > attrs.len() {
+                        return Err(Error::Malformed("attribute length out of bounds"));
+                    }
+                    if atype == INET_DIAG_INFO {
+                        let i = &attrs[4..alen];
+                        if i.len() < TCP_INFO_MIN {
+                            return Err(Error::Malformed("tcp_info shorter than 104 bytes"));
+                        }
+                        return Ok(Some(TcpSenderInfo {
+                            state: i[0],
+                            ca_state: i[1],
+                            backoff: i[4],
+                            options: i[5],
+                            snd_mss: u32_ne(i, 16)?,
+                            unacked: u32_ne(i, 24)?,
+                            pmtu: u32_ne(i, 60)?,
+                            total_retrans: u32_ne(i, 100)?,
+                        }));
+                    }
+                    attrs = attrs.get(alen.saturating_add(3) & !3..).unwrap_or(&[]);
+                }
+                return Err(Error::Malformed("no tcp_info in the reply"));
+            }
+            NLMSG_NOOP => {}
+            NLMSG_DONE => return Ok(None),
+            _ => return Err(Error::Malformed("unexpected netlink message type")),
+        }
+    }
+    Err(Error::Malformed("no reply to the request"))
+}
+
+/// A sock_diag socket kept open to ask about one TCP socket at a time. It belongs to
+/// the network namespace it was opened in, whichever thread uses it later.
+pub struct TcpInfoQuery {
+    sock: DiagSocket,
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for TcpInfoQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpInfoQuery").finish_non_exhaustive()
+    }
+}
+
+impl TcpInfoQuery {
+    /// Opens it in the calling thread's network namespace.
+    pub fn open() -> Result<TcpInfoQuery> {
+        Ok(TcpInfoQuery {
+            sock: DiagSocket::open()?,
+            buf: vec![0u8; 8192],
+        })
+    }
+
+    /// The sender state of the TCP socket whose tuple (this host's view) is `tuple`, or
+    /// `None` if there is none. An IPv6 socket carrying IPv4 is found by its IPv4 tuple.
+    pub fn get(&mut self, tuple: &Tuple) -> Result<Option<TcpSenderInfo>> {
+        if tuple.protocol != Protocol::Tcp {
+            return Ok(None);
+        }
+        let t = Tuple::new(
+            Protocol::Tcp,
+            SocketAddr::new(normalise(tuple.local.ip()), tuple.local.port()),
+            SocketAddr::new(normalise(tuple.remote.ip()), tuple.remote.port()),
+        );
+        let family = if t.is_ipv4() { AF_INET } else { AF_INET6 };
+        let seq = next_seq();
+        let req = build_request(
+            SOCK_DIAG_BY_FAMILY,
+            NLM_F_REQUEST,
+            seq,
+            family,
+            libc::IPPROTO_TCP as u8,
+            u32::MAX,
+            1 << (INET_DIAG_INFO - 1),
+            Some((&t, 0, NO_COOKIE)),
+        );
+        self.sock.send(&req)?;
+        // Bounded: every datagram takes at most RECV_TIMEOUT, and a reply to another
+        // request (none is outstanding on this socket) is skipped a few times at most.
+        for _ in 0..4 {
+            let n = self.sock.recv(&mut self.buf)?;
+            match parse_tcp_info_reply(&self.buf[..n], seq) {
+                Err(Error::Malformed("no reply to the request")) => continue,
+                r => return r,
+            }
+        }
+        Err(Error::Malformed("no reply to the request"))
+    }
+}
+
+#[cfg(test)]
+mod tcp_info_tests {
+    use super::*;
+
+    fn nlmsg(msg_type: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&((NLMSG_HDRLEN + payload.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&msg_type.to_ne_bytes());
+        m.extend_from_slice(&0u16.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(payload);
+        m
+    }
+
+    fn reply(info_len: usize) -> Vec<u8> {
+        let mut p = vec![0u8; INET_DIAG_MSG_LEN];
+        let mut info = vec![0u8; info_len];
+        if info_len >= TCP_INFO_MIN {
+            info[0] = 1;
+            info[4] = 2;
+            info[5] = TCPI_OPT_TIMESTAMPS;
+            info[16..20].copy_from_slice(&1448u32.to_ne_bytes());
+            info[24..28].copy_from_slice(&91u32.to_ne_bytes());
+            info[60..64].copy_from_slice(&1500u32.to_ne_bytes());
+            info[100..104].copy_from_slice(&7u32.to_ne_bytes());
+        }
+        // Another attribute first, which is skipped.
+        p.extend_from_slice(&8u16.to_ne_bytes());
+        p.extend_from_slice(&1u16.to_ne_bytes());
+        p.extend_from_slice(&[0u8; 4]);
+        p.extend_from_slice(&((4 + info.len()) as u16).to_ne_bytes());
+        p.extend_from_slice(&INET_DIAG_INFO.to_ne_bytes());
+        p.extend_from_slice(&info);
+        nlmsg(SOCK_DIAG_BY_FAMILY, 9, &p)
+    }
+
+    #[test]
+    fn a_reply_gives_the_sender_fields_and_enoent_gives_none() {
+        assert_eq!(
+            parse_tcp_info_reply(&reply(232), 9).unwrap(),
+            Some(TcpSenderInfo {
+                state: 1,
+                ca_state: 0,
+                backoff: 2,
+                options: TCPI_OPT_TIMESTAMPS,
+                snd_mss: 1448,
+                unacked: 91,
+                pmtu: 1500,
+                total_retrans: 7,
+            })
+        );
+        let enoent = nlmsg(NLMSG_ERROR, 9, &(-libc::ENOENT).to_ne_bytes());
+        assert_eq!(parse_tcp_info_reply(&enoent, 9).unwrap(), None);
+        let eperm = nlmsg(NLMSG_ERROR, 9, &(-libc::EPERM).to_ne_bytes());
+        assert!(matches!(
+            parse_tcp_info_reply(&eperm, 9),
+            Err(Error::Kernel(libc::EPERM))
+        ));
+    }
+
+    #[test]
+    fn malformed_replies_are_errors_not_panics() {
+        assert!(parse_tcp_info_reply(&reply(40), 9).is_err());
+        let full = reply(232);
+        for cut in 0..full.len() {
+            let _ = parse_tcp_info_reply(&full[..cut], 9);
+        }
+        // A reply to another request is not this one's.
+        assert!(parse_tcp_info_reply(&full, 10).is_err());
     }
 }

@@ -6,7 +6,7 @@
 //! It is the fallback where the kernel plane ([`crate::nft`]) cannot be used, and the
 //! place for what a stateless in-kernel rewrite cannot do: queue a held flow's packets
 //! instead of dropping them, raise a budget from what arrives, send again what the old
-//! path lost. Tunnel mode (below) is to be built on it.
+//! path lost. It also runs tunnel mode (below, `TunConfig::tunnel_port`).
 //!
 //! # The path of a packet (verified on Linux 6.18, see `tests/tun_translate.rs`)
 //!
@@ -88,20 +88,50 @@
 //! its entry exists, usually nothing yet when the nudge is due. The SYN needs nothing,
 //! and one ACK restarts a Linux sender's recovery (see `nudge.rs`).
 //!
-//! # Tunnel mode, later (seed 002's tunnel mode, seed 003's transition tunnel)
+//! # Tunnel mode (seed 002's tunnel mode, seed 003's transition tunnel)
 //!
-//! Egress is already what tunnel mode needs: the flow's rule routes its packets, with
-//! their original tuple, into `roam0`. Instead of rewriting one, roamd would wrap it
-//! whole in a UDP datagram from the new address to the peer's (a socket of roamd's on a
-//! data port: UDP crosses NATs, seed 002 FIG. 6's home and visited NATs included, and
-//! this kernel has no IP-in-IP or GRE devices anyway) and send that. Ingress needs no
-//! diversion: the datagrams arrive on that socket; roamd checks they come from a peer's
-//! session (sealed with its keys, as the control messages are), unwraps them and writes
-//! the inner packet into `roam0` unchanged, where the stack finds its original tuple.
-//! What is missing is a tunnel kind of table entry in `roam_core` (a flow or address
-//! whose packets are wrapped, with the outer addresses), the wrap and unwrap in
-//! [`roam_core::plane::PacketPlane`], and a route MTU in roam's table lowered by the
-//! overhead (`ip route ... dev roam0 mtu`). The devices, rules and thread stay as here.
+//! With [`TunConfig::tunnel_port`] set, the plane wraps instead of rewriting
+//! ([`roam_core::tunnel`], docs/PROTOCOL.md "Tunnel mode"):
+//!
+//! ```text
+//!   socket (original tuple)                             socket (original tuple)
+//!     | the flow's `ip rule` -> table "roam":             ^ input: local delivery,
+//!     | default dev roam0 mtu (device MTU - 28 or 48)     | arriving on roam0
+//!     v                                                   |
+//!   [roam0] --read--> roamd: wrap in UDP            [roam0] <--write-- roamd: unwrap, check
+//!                       | current local:port ->                           ^ outer addresses
+//!                       | current remote:port                             | = the entry's current
+//!                       v raw socket                                      | UDP socket, port
+//!                     wire --------------------------------------------------
+//! ```
+//!
+//! - **Egress** is translate mode's: the flow's rule routes its packets into `roam0`.
+//!   roamd wraps each whole, original addresses and ports untouched, in a UDP datagram
+//!   from the entry's current local address to its current remote address, both at the
+//!   tunnel port, and sends it through the same raw socket (the core builds the outer
+//!   headers: the kernel routes the datagram by its outer addresses, as it routes a
+//!   translated packet). UDP rather than IP-in-IP or GRE: it crosses NATs (seed 002
+//!   FIG. 6's home and visited NATs), and this kernel has no such devices anyway.
+//! - **Ingress** needs no diversion, hence no tc, no `roam0d` and no clsact qdisc: the
+//!   datagrams arrive on roamd's UDP sockets at the tunnel port (one per family,
+//!   `IP_PKTINFO`/`IPV6_RECVPKTINFO` for the outer destination). The packet logic
+//!   accepts one only if its outer source and destination are the current addresses of
+//!   the entry whose original tuple the inner packet has (or of its drain alias), and
+//!   roamd writes the inner packet into `roam0` unchanged: the stack finds its socket
+//!   by its original tuple, and the reverse-path check finds the flow's own rule.
+//! - **MTU**: roam's table's default routes carry `mtu` = the device's MTU less the
+//!   outer headers (28 bytes for IPv4, 48 for IPv6), so TCP's MSS for a tunnelled
+//!   flow shrinks as soon as its rule routes it there (segments sized before are
+//!   refused by the stack itself, see below). A packet that still does not fit is refused by the raw socket and counted
+//!   (`oversize`); TCP sends it again, smaller. The raw sockets size what they send by
+//!   the interface, not by the path MTU cached for the destination (see
+//!   `ignore_path_mtu`).
+//! - The first segments a flow's stack sends after its rule appears were sized for the
+//!   old route: the stack refuses them itself ("fragmentation needed") and sends its
+//!   flight again at the smaller MSS, a cost at the first move that translate mode does
+//!   not have (measured in docs/ARCHITECTURE.md, "Tunnel mode").
+//! - Both ends of a flow must run the same mode: a translating peer neither listens on
+//!   the tunnel port nor expects the original tuple inside a datagram.
 //!
 //! # Limits
 //!
@@ -135,6 +165,7 @@ use roam_core::plane::{PacketPlane, PlaneCounters, Verdicts, ip_addrs};
 use roam_core::translate::{
     AddressMapping, Direction, FlowMapping, Protocol, Side, TableChange, TableError, Tuple,
 };
+use roam_core::tunnel;
 use roam_core::{ConflictDirection, DataPlane, DataPlaneCommand, Instant};
 use rtnetlink::packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
@@ -143,7 +174,9 @@ use rtnetlink::packet_core::{
 use rtnetlink::packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, LinkAttribute, LinkFlags, LinkMessage,
 };
-use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType};
+use rtnetlink::packet_route::route::{
+    RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope, RouteType,
+};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage, RulePortRange};
 use rtnetlink::packet_route::tc::{
     TcAction, TcActionAttribute, TcActionMirror, TcActionMirrorOption, TcActionOption, TcActionType,
@@ -235,6 +268,15 @@ pub enum TunError {
     Nudge(#[from] NudgeError),
     #[error("starting the packet thread: {0}")]
     Thread(#[source] io::Error),
+    #[error("the tunnel port must be 1 to 65535")]
+    TunnelPort,
+    #[error("opening the tunnel's {family} socket on UDP port {port}: {source}")]
+    TunnelSocket {
+        family: &'static str,
+        port: u16,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl TunError {
@@ -262,6 +304,9 @@ pub struct TunConfig {
     pub nudge: bool,
     /// Seed of the translation table's hash (anything; varied per host in tests).
     pub hash_seed: u64,
+    /// Tunnel mode on this UDP port (here and at peers): moved flows' packets travel
+    /// wrapped (module docs). `None`: translate mode.
+    pub tunnel_port: Option<u16>,
 }
 
 impl Default for TunConfig {
@@ -277,6 +322,7 @@ impl Default for TunConfig {
             // The table's hash is keyed by tuples that remote hosts choose in part: a
             // per-process key keeps them from aiming at one bucket.
             hash_seed: std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u64),
+            tunnel_port: None,
         }
     }
 }
@@ -287,9 +333,10 @@ pub struct TunCounters {
     /// Translation, hold, budgets, drain, resend, malformed packets, by reason.
     pub plane: PlaneCounters,
     /// Packets read from `roam0` (the stack's, of translated flows) and from `roam0d`
-    /// (the wire's, diverted by tc).
+    /// (the wire's, diverted by tc), and datagrams read from the tunnel sockets.
     pub from_stack: u64,
     pub from_wire: u64,
+    pub from_tunnel: u64,
     /// Packets sent to the wire (raw socket) and written to the stack (`roam0`).
     pub to_wire: u64,
     pub to_stack: u64,
@@ -327,6 +374,7 @@ pub struct TunEntries {
 struct Stats {
     from_stack: AtomicU64,
     from_wire: AtomicU64,
+    from_tunnel: AtomicU64,
     to_wire: AtomicU64,
     to_stack: AtomicU64,
     oversize: AtomicU64,
@@ -347,9 +395,12 @@ struct Shared {
     stop: AtomicBool,
     /// `roam0`: read what the stack routed into it, write what the stack must receive.
     stack: File,
-    /// `roam0d`: read what tc diverted into it.
-    divert: File,
-    /// Translated packets leave by these, routed by their new addresses.
+    /// `roam0d`: read what tc diverted into it (translate mode only).
+    divert: Option<File>,
+    /// Tunnel mode: the UDP sockets tunnelled datagrams arrive on (one per family).
+    tunnel: Vec<Socket>,
+    /// Translated packets (and tunnel mode's datagrams) leave by these, routed by their
+    /// new addresses.
     raw: RawSockets,
     stats: Stats,
     /// Conflicts found since the driver last asked.
@@ -419,24 +470,31 @@ impl Shared {
         }
     }
 
-    /// The packet thread: reads both devices until told to stop.
+    /// The packet thread: reads the devices (and the tunnel sockets) until told to stop.
     fn run(&self) {
         let mut buf = vec![0u8; 1 << 16];
         let mut burst = Burst::default();
+        // What each polled descriptor is: `roam0`, then `roam0d` or the tunnel sockets.
+        let mut sources = vec![(self.stack.as_raw_fd(), Source::Stack)];
+        if let Some(d) = &self.divert {
+            sources.push((d.as_raw_fd(), Source::Divert));
+        }
+        for (i, t) in self.tunnel.iter().enumerate() {
+            sources.push((t.as_raw_fd(), Source::Tunnel(i)));
+        }
+        let mut fds: Vec<libc::pollfd> = sources
+            .iter()
+            .map(|(fd, _)| libc::pollfd {
+                fd: *fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
         while !self.stop.load(Ordering::Relaxed) {
-            let mut fds = [
-                libc::pollfd {
-                    fd: self.stack.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: self.divert.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            // SAFETY: fds is a valid array of two pollfd for the duration of the call.
+            for f in &mut fds {
+                f.revents = 0;
+            }
+            // SAFETY: fds is a valid array of pollfd for the duration of the call.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, POLL_MS) };
             if n < 0 {
                 let e = io::Error::last_os_error();
@@ -447,19 +505,76 @@ impl Shared {
                 continue;
             }
             // What is read from `roam0` left the stack, what is read from `roam0d`
-            // came from the wire (module docs).
-            if fds[0].revents != 0 {
-                self.burst(&self.stack, Direction::Egress, &mut buf, &mut burst);
+            // came from the wire (module docs), and so did the tunnel's datagrams.
+            for (f, (_, source)) in fds.iter().zip(&sources) {
+                if f.revents == 0 {
+                    continue;
+                }
+                match source {
+                    Source::Stack => self.burst(&self.stack, Direction::Egress, &mut buf, &mut burst),
+                    Source::Divert => {
+                        if let Some(d) = &self.divert {
+                            self.burst(d, Direction::Ingress, &mut buf, &mut burst);
+                        }
+                    }
+                    Source::Tunnel(i) => self.tunnel_burst(&self.tunnel[*i], &mut buf, &mut burst),
+                }
             }
-            if fds[1].revents != 0 {
-                self.burst(&self.divert, Direction::Ingress, &mut buf, &mut burst);
-            }
-            // A device in error (it should not be: roamd owns both) must not spin.
+            // A descriptor in error (it should not be: roamd owns them all) must not spin.
             let broken = libc::POLLERR | libc::POLLHUP | libc::POLLNVAL;
             if fds.iter().any(|f| f.revents & broken != 0) {
-                warn!("a TUN device reports an error; waiting");
+                warn!("a TUN device or tunnel socket reports an error; waiting");
                 std::thread::sleep(Duration::from_millis(POLL_MS as u64));
             }
+        }
+    }
+
+    /// Tunnel mode's ingress: reads up to [`BURST`] datagrams from a tunnel socket,
+    /// unwraps them under one lock (the packet logic checks each against the table),
+    /// and writes the inner packets into `roam0` with the lock released.
+    fn tunnel_burst(&self, sock: &Socket, buf: &mut [u8], b: &mut Burst) {
+        for _ in 0..BURST {
+            match recv_datagram(sock, buf) {
+                Ok((n, src, dst)) => {
+                    let mut pkt = b.spare.pop().unwrap_or_default();
+                    pkt.clear();
+                    pkt.extend_from_slice(&buf[..n]);
+                    b.read.push(pkt);
+                    b.outer.push((src, dst));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    bump(&self.stats.read_errors);
+                    debug!("reading a tunnel socket: {e}");
+                    break;
+                }
+            }
+        }
+        if b.read.is_empty() {
+            return;
+        }
+        {
+            let mut p = self.plane();
+            self.stats
+                .from_tunnel
+                .fetch_add(b.read.len() as u64, Ordering::Relaxed);
+            for (pkt, (src, dst)) in b.read.drain(..).zip(b.outer.drain(..)) {
+                let verdict = p.unwrap(src, dst, pkt);
+                // What arrived may have raised a budget: what now fits goes too.
+                b.to_wire.append(&mut p.to_wire);
+                if let Verdicts::Forward(pkt) = verdict {
+                    b.to_stack.push(pkt);
+                }
+            }
+        }
+        for pkt in b.to_stack.drain(..) {
+            self.write_stack(&pkt);
+            recycle(&mut b.spare, pkt);
+        }
+        for pkt in b.to_wire.drain(..) {
+            self.send_wire(&pkt);
+            recycle(&mut b.spare, pkt);
         }
     }
 
@@ -537,6 +652,8 @@ impl Shared {
 struct Burst {
     /// Packets read, waiting for the lock.
     read: Vec<Vec<u8>>,
+    /// Tunnel mode: each datagram's outer source and destination, beside `read`.
+    outer: Vec<(IpAddr, IpAddr)>,
     /// What the logic sent on: to the wire (raw socket), to the stack (`roam0`).
     to_wire: Vec<Vec<u8>>,
     to_stack: Vec<Vec<u8>>,
@@ -544,6 +661,17 @@ struct Burst {
     conflicts: Vec<Tuple>,
     /// Emptied packet buffers, for the next reads (at most [`SPARE`]).
     spare: Vec<Vec<u8>>,
+}
+
+/// What a descriptor the packet thread polls carries.
+#[derive(Clone, Copy)]
+enum Source {
+    /// `roam0`: the stack's packets of translated flows.
+    Stack,
+    /// `roam0d`: packets tc diverted from the wire.
+    Divert,
+    /// A tunnel socket (by index): tunnelled datagrams.
+    Tunnel(usize),
 }
 
 fn recycle(spare: &mut Vec<Vec<u8>>, pkt: Vec<u8>) {
@@ -569,11 +697,15 @@ impl TunDataPlane {
         TunDataPlane::open_with(TunConfig::default())
     }
 
-    /// Creates the devices, the raw sockets and roam's routing table; removes what a
-    /// previous run left (rules, filters); starts the packet thread.
+    /// Creates the devices (in tunnel mode, `roam0` and the tunnel sockets instead of
+    /// `roam0d`), the raw sockets and roam's routing table; removes what a previous run
+    /// left (rules, filters); starts the packet thread.
     pub fn open_with(config: TunConfig) -> Result<TunDataPlane, TunError> {
         for name in [&config.ifname, &config.divert_ifname] {
             check_ifname(name)?;
+        }
+        if config.tunnel_port == Some(0) {
+            return Err(TunError::TunnelPort);
         }
         let opened = match &config.netns {
             None => Opened::open(&config)?,
@@ -585,6 +717,7 @@ impl TunDataPlane {
         let Opened {
             stack,
             divert,
+            tunnel,
             stack_ifindex,
             divert_ifindex,
             raw,
@@ -604,12 +737,17 @@ impl TunDataPlane {
             errors: 0,
         };
         kernel.setup()?;
+        let plane = match config.tunnel_port {
+            Some(port) => PacketPlane::new_tunnel(config.hash_seed, port),
+            None => PacketPlane::new(config.hash_seed),
+        };
         let shared = Arc::new(Shared {
-            plane: Mutex::new(PacketPlane::new(config.hash_seed)),
+            plane: Mutex::new(plane),
             started: std::time::Instant::now(),
             stop: AtomicBool::new(false),
             stack,
             divert,
+            tunnel,
             raw,
             stats: Stats::default(),
             conflicts: Mutex::new(Vec::new()),
@@ -619,12 +757,20 @@ impl TunDataPlane {
             .name("roam-tun".into())
             .spawn(move || worker.run())
             .map_err(TunError::Thread)?;
-        info!(
-            stack = %config.ifname,
-            divert = %config.divert_ifname,
-            table = config.route_table,
-            "TUN data plane ready"
-        );
+        match config.tunnel_port {
+            Some(port) => info!(
+                stack = %config.ifname,
+                port,
+                table = config.route_table,
+                "TUN data plane ready, tunnel mode"
+            ),
+            None => info!(
+                stack = %config.ifname,
+                divert = %config.divert_ifname,
+                table = config.route_table,
+                "TUN data plane ready"
+            ),
+        }
         Ok(TunDataPlane {
             config,
             shared,
@@ -753,14 +899,20 @@ impl TunDataPlane {
         let s = &self.shared.stats;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         // The packets read and what the logic made of them, under one lock.
-        let (plane, from_stack, from_wire) = {
+        let (plane, from_stack, from_wire, from_tunnel) = {
             let p = self.shared.plane();
-            (p.counters.clone(), get(&s.from_stack), get(&s.from_wire))
+            (
+                p.counters.clone(),
+                get(&s.from_stack),
+                get(&s.from_wire),
+                get(&s.from_tunnel),
+            )
         };
         TunCounters {
             plane,
             from_stack,
             from_wire,
+            from_tunnel,
             to_wire: get(&s.to_wire),
             to_stack: get(&s.to_stack),
             oversize: get(&s.oversize),
@@ -814,9 +966,10 @@ impl DataPlane for TunDataPlane {
 /// What [`TunDataPlane::open_with`] creates inside the namespace.
 struct Opened {
     stack: File,
-    divert: File,
+    divert: Option<File>,
+    tunnel: Vec<Socket>,
     stack_ifindex: u32,
-    divert_ifindex: u32,
+    divert_ifindex: Option<u32>,
     raw: RawSockets,
     rtnl: Rtnl,
     nudger: Option<Nudger>,
@@ -825,7 +978,15 @@ struct Opened {
 impl Opened {
     fn open(config: &TunConfig) -> Result<Opened, TunError> {
         let stack = open_tun(&config.ifname)?;
-        let divert = open_tun(&config.divert_ifname)?;
+        // Tunnel mode diverts nothing: its datagrams come to the tunnel sockets.
+        let divert = match config.tunnel_port {
+            None => Some(open_tun(&config.divert_ifname)?),
+            Some(_) => None,
+        };
+        let tunnel = match config.tunnel_port {
+            Some(port) => tunnel_sockets(port)?,
+            None => Vec::new(),
+        };
         let index = |name: &str| {
             let c = std::ffi::CString::new(name).map_err(|_| TunError::Name(name.to_owned()))?;
             // SAFETY: c is a valid NUL-terminated string.
@@ -838,12 +999,21 @@ impl Opened {
             }
         };
         let stack_ifindex = index(&config.ifname)?;
-        let divert_ifindex = index(&config.divert_ifname)?;
+        let divert_ifindex = match divert {
+            Some(_) => Some(index(&config.divert_ifname)?),
+            None => None,
+        };
         // Unmarked: translated packets are ordinary output of the host.
         let raw = RawSockets::open(None, "translated").map_err(|source| TunError::Raw {
             family: "IPv4",
             source,
         })?;
+        if config.tunnel_port.is_some() {
+            ignore_path_mtu(&raw).map_err(|source| TunError::Raw {
+                family: "IPv4 or IPv6",
+                source,
+            })?;
+        }
         let rtnl = Rtnl::open().map_err(|source| TunError::Netlink {
             what: "opening a netlink route socket".into(),
             source,
@@ -852,6 +1022,7 @@ impl Opened {
         Ok(Opened {
             stack,
             divert,
+            tunnel,
             stack_ifindex,
             divert_ifindex,
             raw,
@@ -899,6 +1070,187 @@ fn open_tun(name: &str) -> Result<File, TunError> {
         return Err(err(io::Error::last_os_error()));
     }
     Ok(f)
+}
+
+/// How much a tunnel socket may queue towards roamd: the kernel's default (about 200
+/// KiB) holds about 90 full datagrams, a few milliseconds of a busy link while the
+/// packet thread is not scheduled; this holds about as much as the devices' queues.
+const TUNNEL_RCVBUF: usize = 4 << 20;
+
+/// Tunnel mode's UDP sockets, bound to `port` on every address: IPv4, and IPv6 (v6
+/// only) unless the namespace has no IPv6. Non-blocking, with the destination address
+/// of each datagram reported (`IP_PKTINFO`, `IPV6_RECVPKTINFO`): the acceptance rule
+/// checks it. They only receive; the datagrams roamd sends leave by the raw sockets.
+fn tunnel_sockets(port: u16) -> Result<Vec<Socket>, TunError> {
+    let open = |v6: bool| -> io::Result<Socket> {
+        let (domain, any): (socket2::Domain, IpAddr) = if v6 {
+            (socket2::Domain::IPV6, std::net::Ipv6Addr::UNSPECIFIED.into())
+        } else {
+            (socket2::Domain::IPV4, std::net::Ipv4Addr::UNSPECIFIED.into())
+        };
+        let s = Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+        let (level, option) = if v6 {
+            s.set_only_v6(true)?;
+            (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+        } else {
+            (libc::IPPROTO_IP, libc::IP_PKTINFO)
+        };
+        set_int(&s, level, option, 1)?;
+        // CAP_NET_ADMIN may exceed net.core.rmem_max; without it, what the limit allows.
+        if set_int(
+            &s,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            TUNNEL_RCVBUF as libc::c_int,
+        )
+        .is_err()
+        {
+            s.set_recv_buffer_size(TUNNEL_RCVBUF)?;
+        }
+        s.set_nonblocking(true)?;
+        s.bind(&SockAddr::from(SocketAddr::new(any, port)))?;
+        Ok(s)
+    };
+    let mut sockets = vec![open(false).map_err(|source| TunError::TunnelSocket {
+        family: "IPv4",
+        port,
+        source,
+    })?];
+    match open(true) {
+        Ok(s) => sockets.push(s),
+        // IPv6 disabled in the namespace: IPv4 only (as roam's IPv6 route).
+        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => warn!("no IPv6 tunnel socket: {e}"),
+        Err(source) => {
+            return Err(TunError::TunnelSocket {
+                family: "IPv6",
+                port,
+                source,
+            });
+        }
+    }
+    Ok(sockets)
+}
+
+fn set_int(s: &Socket, level: libc::c_int, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: a valid socket, and a c_int option of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            option,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Tunnel mode: the raw sockets size what they send by the interface's MTU, not by the
+/// path MTU cached for the destination (`IP_PMTUDISC_PROBE`, `IPV6_PMTUDISC_PROBE`).
+///
+/// The cache is keyed by destination address only, and a tunnelled flow's inner and
+/// outer packets often share it (the peer that did not move). When the stack sends a
+/// segment sized before its rule routed it into `roam0` (whose route carries the lower
+/// MTU), its own "fragmentation needed" lowers the path MTU it records for the peer's
+/// address on the main table's route, the one the outer datagrams take: every wrapped
+/// packet was then fragmented in two (IPv4, DF clear) or refused (IPv6), measured in
+/// the lab (one `tcp-move` run in eight: all 19,000 datagrams fragmented). The outer
+/// datagrams are sized for the interface already (module docs, "MTU").
+fn ignore_path_mtu(raw: &RawSockets) -> io::Result<()> {
+    if let Some(s) = raw.to(std::net::Ipv4Addr::UNSPECIFIED.into()) {
+        set_int(
+            s,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_PROBE,
+        )?;
+    }
+    if let Some(s) = raw.to(std::net::Ipv6Addr::UNSPECIFIED.into()) {
+        set_int(
+            s,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_PROBE,
+        )?;
+    }
+    Ok(())
+}
+
+/// Receives one datagram into `buf`: its length, its source address and the address it
+/// was sent to (from the packet-information message; unspecified if there was none,
+/// which the acceptance rule refuses).
+fn recv_datagram(sock: &Socket, buf: &mut [u8]) -> io::Result<(usize, IpAddr, IpAddr)> {
+    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
+    let mut from: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut control = [0u64; 16];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is valid, and every pointer set below stays
+    // valid (from, iov, control) until recvmsg returns.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut from as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: msg refers to live buffers of the sizes given.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel wrote a socket address of the family it names into `from`,
+    // which is large and aligned enough for any; it is read as that family's.
+    let src: IpAddr = match i32::from(from.ss_family) {
+        libc::AF_INET => {
+            let a = unsafe {
+                std::ptr::read((&from as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>())
+            };
+            std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).into()
+        }
+        libc::AF_INET6 => {
+            let a = unsafe {
+                std::ptr::read((&from as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>())
+            };
+            std::net::Ipv6Addr::from(a.sin6_addr.s6_addr).into()
+        }
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a datagram without an IP source",
+            ));
+        }
+    };
+    let mut dst: IpAddr = match src {
+        IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    };
+    // SAFETY: the kernel filled msg_controllen bytes of control messages; CMSG_FIRSTHDR
+    // and CMSG_NXTHDR stay within them, and each data is read unaligned at its length.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            let data = libc::CMSG_DATA(c);
+            match ((*c).cmsg_level, (*c).cmsg_type) {
+                (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                    let info = std::ptr::read_unaligned(data.cast::<libc::in_pktinfo>());
+                    dst = std::net::Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)).into();
+                }
+                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                    let info = std::ptr::read_unaligned(data.cast::<libc::in6_pktinfo>());
+                    dst = std::net::Ipv6Addr::from(info.ipi6_addr.s6_addr).into();
+                }
+                _ => {}
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n as usize, src, dst))
 }
 
 /// Sends `pkt` (a whole IP packet) to `dst`, routed as a packet from `src` would be
@@ -1012,8 +1364,17 @@ impl DivertMatch {
 }
 
 /// The kernel state the packet logic's table calls for: a rule per entry's original
-/// side, a diversion per current side that differs from it and per drain alias.
+/// side, a diversion per current side that differs from it and per drain alias (none
+/// in tunnel mode: the peer's packets arrive wrapped, on the tunnel sockets).
 fn desired(p: &PacketPlane) -> (BTreeSet<RuleMatch>, BTreeSet<DivertMatch>) {
+    let (rules, mut divert) = desired_translate(p);
+    if p.tunnel_port().is_some() {
+        divert.clear();
+    }
+    (rules, divert)
+}
+
+fn desired_translate(p: &PacketPlane) -> (BTreeSet<RuleMatch>, BTreeSet<DivertMatch>) {
     let mut rules = BTreeSet::new();
     let mut divert = BTreeSet::new();
     for m in p.table().flows() {
@@ -1050,7 +1411,8 @@ struct Kernel {
     rule_priority: u32,
     tc_priority: u16,
     stack_ifindex: u32,
-    divert_ifindex: u32,
+    /// `roam0d`, in translate mode; `None` in tunnel mode (nothing is diverted).
+    divert_ifindex: Option<u32>,
     rules: BTreeSet<RuleMatch>,
     /// The u32 node id of each diverted match (in its family's table).
     ids: BTreeMap<DivertMatch, u32>,
@@ -1064,7 +1426,8 @@ impl Kernel {
     /// previous run left behind.
     fn setup(&mut self) -> Result<(), TunError> {
         let mtu = self.smallest_mtu()?;
-        for index in [self.stack_ifindex, self.divert_ifindex] {
+        let devices = std::iter::once(self.stack_ifindex).chain(self.divert_ifindex);
+        for index in devices.collect::<Vec<_>>() {
             // Address generation off before the device is up (see the module docs).
             let mut m = LinkMessage::default();
             m.header.index = index;
@@ -1092,6 +1455,14 @@ impl Kernel {
                 RouteAttribute::Table(self.table),
                 RouteAttribute::Oif(self.stack_ifindex),
             ];
+            if self.divert_ifindex.is_none() {
+                // Tunnel mode: what the stack sends into the device must fit once
+                // wrapped (module docs, "Tunnel mode").
+                let less = tunnel::overhead(family == AddressFamily::Inet6) as u32;
+                r.attributes.push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(
+                    mtu.saturating_sub(less),
+                )]));
+            }
             let what = format!(
                 "adding the default route of table {} via the TUN device",
                 self.table
@@ -1117,7 +1488,7 @@ impl Kernel {
             .iter()
             .filter(|l| l.header.flags.contains(LinkFlags::Up))
             .filter(|l| !l.header.flags.contains(LinkFlags::Loopback))
-            .filter(|l| l.header.index != self.stack_ifindex && l.header.index != self.divert_ifindex)
+            .filter(|l| l.header.index != self.stack_ifindex && Some(l.header.index) != self.divert_ifindex)
             .filter_map(|l| {
                 l.attributes.iter().find_map(|a| match a {
                     LinkAttribute::Mtu(m) => Some(*m),
@@ -1184,6 +1555,11 @@ impl Kernel {
         divert: &BTreeSet<DivertMatch>,
     ) -> Result<(), TunError> {
         let mut first = None;
+        if self.divert_ifindex.is_none() {
+            // Tunnel mode: rules only; no interface gets a qdisc or a filter.
+            self.sync_rules(rules, &mut first);
+            return first.map_or(Ok(()), Err);
+        }
         self.sync_links(&mut first);
         self.assign_ids(divert, &mut first);
         self.add_diversions(divert, &mut first);
@@ -1212,7 +1588,7 @@ impl Kernel {
             .iter()
             .filter(|l| !l.header.flags.contains(LinkFlags::Loopback))
             .map(|l| l.header.index)
-            .filter(|i| *i != self.stack_ifindex && *i != self.divert_ifindex)
+            .filter(|i| *i != self.stack_ifindex && Some(*i) != self.divert_ifindex)
             .collect();
         self.links.retain(|i, _| present.contains(i));
         for index in present {
@@ -1421,6 +1797,9 @@ impl Kernel {
     }
 
     fn add_filter(&mut self, index: u32, m: &DivertMatch, id: u32) -> Result<(), TunError> {
+        let Some(divert) = self.divert_ifindex else {
+            return Ok(());
+        };
         let ht = if m.is_ipv4() { HT_V4 } else { HT_V6 };
         let mut sel = TcU32Selector::default();
         sel.flags = TcU32SelectorFlags::Terminal;
@@ -1432,7 +1811,7 @@ impl Kernel {
             vec![
                 TcFilterU32Option::Hash(ht),
                 TcFilterU32Option::Selector(sel),
-                TcFilterU32Option::Action(vec![redirect(self.divert_ifindex)]),
+                TcFilterU32Option::Action(vec![redirect(divert)]),
             ],
         );
         self.call(
@@ -1782,6 +2161,19 @@ mod tests {
         let (rules, divert) = desired(&p);
         assert!(rules.contains(&RuleMatch::To("10.9.0.1".parse().unwrap())));
         assert!(divert.contains(&DivertMatch::From("10.9.0.2".parse().unwrap())));
+    }
+
+    #[test]
+    fn tunnel_mode_asks_for_rules_and_never_for_a_diversion() {
+        let mut p = PacketPlane::new_tunnel(1, 4792);
+        let o = tcp("10.0.1.10:40000", "10.0.3.11:5001");
+        install(&mut p, o, tcp("10.0.2.10:40000", "10.0.3.11:5001"), false);
+        // Moved again: the former current tuple drains, still without a diversion.
+        install(&mut p, o, tcp("10.0.4.10:40000", "10.0.3.11:5001"), false);
+        assert_eq!(p.draining().len(), 1);
+        let (rules, divert) = desired(&p);
+        assert_eq!(rules, BTreeSet::from([RuleMatch::Flow(o)]));
+        assert!(divert.is_empty(), "{divert:?}");
     }
 
     #[test]

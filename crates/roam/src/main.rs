@@ -35,6 +35,8 @@ enum DataPlaneArg {
     Nftables,
     /// roamd rewrites the packets itself, through TUN devices.
     Tun,
+    /// roamd wraps moved flows' packets whole in UDP (tunnel mode), through a TUN device.
+    Tunnel,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -88,6 +88,15 @@ fn malformed_arguments_are_refused_with_usage() {
         &["demo", "--family", "ipx"],
         &["teleport"],
         &["sim"],
+        // `roam bench` refuses bad settings before it builds anything.
+        &["bench", "--loss", "0.5"],
+        &["bench", "--rtt-ms", "-3"],
+        &["bench", "--rate-mbps", "fast"],
+        &["bench", "--moves", "0"],
+        &["bench", "--systems", "carrier-pigeon"],
+        &["bench", "--sections", "everything"],
+        &["bench", "--family", "v5"],
+        &["bench", "--quick", "sim"],
     ] {
         let o = roam(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");

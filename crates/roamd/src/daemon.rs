@@ -144,12 +144,18 @@ impl Plane {
                 }
                 (Plane::Nft(Box::new(p)), refused.len())
             }
-            DataPlaneKind::Tun => {
+            DataPlaneKind::Tun | DataPlaneKind::Tunnel => {
+                let tunnel = settings.data_plane == DataPlaneKind::Tunnel;
                 let mut p = TunDataPlane::open_with(TunConfig {
                     nudge: settings.nudge,
+                    tunnel_port: tunnel.then_some(settings.tunnel_port),
                     ..TunConfig::default()
                 })
-                .context("cannot set up the TUN data plane")?;
+                .context(if tunnel {
+                    "cannot set up the TUN data plane in tunnel mode"
+                } else {
+                    "cannot set up the TUN data plane"
+                })?;
                 let mut refused = 0;
                 for change in restore {
                     if let Err(e) = p.apply_batch(&[DataPlaneCommand::Table(*change)]) {
@@ -286,8 +292,8 @@ impl Daemon {
         let mut ep_config = Config::new(key, config.trust());
         ep_config.control_port = settings.control_port;
         ep_config.move_message = settings.move_message;
-        // Only the TUN plane queues held packets; the kernel's drops them.
-        ep_config.holds_packets = settings.data_plane == DataPlaneKind::Tun;
+        // Only the TUN plane (in either mode) queues held packets; the kernel's drops them.
+        ep_config.holds_packets = matches!(settings.data_plane, DataPlaneKind::Tun | DataPlaneKind::Tunnel);
         let endpoint = new_endpoint(&ep_config)?;
         info!(
             node = %endpoint.node_id(),

@@ -243,8 +243,10 @@ pub enum DataPlaneCommand {
     /// The TCP flow's peer has moved: what the local stack sent it and it has not
     /// acknowledged was probably lost at its old address. A data plane that keeps
     /// recent packets sends them again, now translated to the new address (duplicates
-    /// are harmless to TCP); one that does not (the kernel's) ignores this and leaves
-    /// the recovery to the stack's SACK and RACK-TLP.
+    /// are harmless to TCP); the kernel's, which keeps none, makes the local stack
+    /// resend them itself (the nftables plane's retransmission kick, roam-linux
+    /// `nft.rs`: a path-MTU decrease of one byte, which retransmits the outstanding
+    /// full-sized segments at once).
     Resend { original: Tuple },
     /// Return routability: `remote` has not echoed a challenge yet. Send it at most
     /// `cap` bytes, and never more than three times what arrives from it (RFC 9000

@@ -2,10 +2,11 @@
 //!
 //! - [`tuple`]: connection specifications and the changes a data plane obeys;
 //! - [`table`]: the table, indexed both ways;
-//! - [`rewrite`]: the per-packet rewriter;
+//! - [`rewrite`]: the per-packet rewriter (`fast`: its path for plain TCP/UDP packets);
 //! - [`checksum`]: RFC 1071 / RFC 1624 arithmetic.
 
 pub mod checksum;
+mod fast;
 pub mod rewrite;
 pub mod table;
 pub mod tuple;

@@ -15,7 +15,7 @@
 //! (non-first fragments, ICMP other than errors, other protocols) can only match
 //! address entries.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 
 use etherparse::err::Layer;
@@ -24,6 +24,7 @@ use etherparse::{IpSlice, LaxIpSlice};
 use thiserror::Error;
 
 use super::checksum;
+use super::fast;
 use super::table::TranslationTable;
 use super::tuple::{Protocol, Side, Tuple};
 
@@ -167,8 +168,9 @@ enum Fragment {
 
 /// Where things are in an IP packet. Every offset and range here lies inside the
 /// buffer the layout was made from: etherparse proved it (its slices are sub-slices of
-/// the buffer), so the indexing below cannot go out of bounds.
-#[derive(Clone, Debug)]
+/// the buffer), or [`fast::bounds`] checked it against the buffer's length, so the
+/// indexing below cannot go out of bounds.
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Layout {
     src: IpAddr,
     dst: IpAddr,
@@ -280,9 +282,53 @@ fn check_version(pkt: &[u8]) -> Result<(), PacketError> {
     }
 }
 
+/// The layout of a packet without extension headers, read straight from its header
+/// bytes by [`fast::bounds`]; `None` leaves the packet to etherparse.
+fn direct_layout(pkt: &[u8], lax: bool) -> Option<Layout> {
+    let b = fast::bounds(pkt, lax)?;
+    let fragment = if b.later_fragment {
+        Fragment::Later
+    } else {
+        Fragment::HasHeader
+    };
+    Some(if b.v6 {
+        let (s, d) = (pkt.get(8..24)?, pkt.get(24..40)?);
+        Layout {
+            src: IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(s).ok()?)),
+            dst: IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(d).ok()?)),
+            src_at: 8,
+            dst_at: 24,
+            ipv4_checksum_at: None,
+            proto: b.proto,
+            l4: b.l4,
+            fragment,
+        }
+    } else {
+        let (s, d) = (pkt.get(12..16)?, pkt.get(16..20)?);
+        Layout {
+            src: IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(s).ok()?)),
+            dst: IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(d).ok()?)),
+            src_at: 12,
+            dst_at: 16,
+            ipv4_checksum_at: Some(10),
+            proto: b.proto,
+            l4: b.l4,
+            fragment,
+        }
+    })
+}
+
 /// A whole packet, strictly: its length fields must hold.
 fn layout(pkt: &[u8]) -> Result<Layout, PacketError> {
     check_version(pkt)?;
+    match direct_layout(pkt, false) {
+        Some(l) => Ok(l),
+        None => layout_etherparse(pkt),
+    }
+}
+
+/// [`layout`] by etherparse: packets with extension headers, and every error.
+fn layout_etherparse(pkt: &[u8]) -> Result<Layout, PacketError> {
     match IpSlice::from_slice(pkt) {
         Ok(IpSlice::Ipv4(v4)) => Ok(Layout::v4(
             pkt,
@@ -318,6 +364,10 @@ fn layout(pkt: &[u8]) -> Result<Layout, PacketError> {
 /// The IP header must be whole; the payload may be cut short, and extension headers
 /// are parsed as far as they go.
 fn layout_lax(pkt: &[u8]) -> Option<Layout> {
+    direct_layout(pkt, true).or_else(|| layout_lax_etherparse(pkt))
+}
+
+fn layout_lax_etherparse(pkt: &[u8]) -> Option<Layout> {
     let (ip, _) = LaxIpSlice::from_slice(pkt).ok()?;
     Some(match &ip {
         LaxIpSlice::Ipv4(v4) => Layout::v4(pkt, &v4.header(), v4.payload().ip_number.0, v4.payload().payload),
@@ -341,15 +391,15 @@ fn layout_quote(quote: &[u8]) -> Result<Layout, PacketError> {
 
 /// A transport protocol roam translates, and where its checksum is.
 #[derive(Clone, Copy, Debug)]
-struct Transport {
-    protocol: Protocol,
+pub(super) struct Transport {
+    pub(super) protocol: Protocol,
     /// Offset of the checksum within the transport header: 16 for TCP (RFC 9293 §3.1),
     /// 6 for UDP (RFC 768).
-    checksum_at: usize,
+    pub(super) checksum_at: usize,
 }
 
 impl Transport {
-    fn of(proto: u8) -> Option<Transport> {
+    pub(super) fn of(proto: u8) -> Option<Transport> {
         match proto {
             TCP => Some(Transport {
                 protocol: Protocol::Tcp,
@@ -373,7 +423,7 @@ impl Transport {
     /// UDP's zero checksum means "none" (RFC 768) and must stay zero. Over IPv6 zero is
     /// invalid (RFC 8200 §8.1) except where RFC 6935/6936 allow it for tunnels; either
     /// way an update could only turn it into a wrong non-zero value, so it stays too.
-    fn zero_means_none(self) -> bool {
+    pub(super) fn zero_means_none(self) -> bool {
         self.protocol == Protocol::Udp
     }
 }
@@ -405,7 +455,7 @@ fn is_icmp_error(v6: bool, icmp_type: u8) -> bool {
     }
 }
 
-fn tuple_of(dir: Direction, proto: Protocol, src: SocketAddr, dst: SocketAddr) -> Tuple {
+pub(super) fn tuple_of(dir: Direction, proto: Protocol, src: SocketAddr, dst: SocketAddr) -> Tuple {
     match dir {
         Direction::Egress => Tuple::new(proto, src, dst),
         Direction::Ingress => Tuple::new(proto, dst, src),
@@ -437,6 +487,14 @@ fn quoted_ports(quote: &[u8], q: &Layout) -> Option<(Transport, u16, u16)> {
 
 /// The flow of a packet, without changing anything.
 pub fn packet_flow(dir: Direction, pkt: &[u8]) -> Result<PacketFlow, PacketError> {
+    match fast::packet_flow(dir, pkt) {
+        Some(f) => Ok(f),
+        None => packet_flow_general(dir, pkt),
+    }
+}
+
+/// [`packet_flow`] for every packet, from its [`Layout`].
+pub(super) fn packet_flow_general(dir: Direction, pkt: &[u8]) -> Result<PacketFlow, PacketError> {
     let l = layout(pkt)?;
     if l.fragment == Fragment::HasHeader
         && let Some(t) = Transport::of(l.proto)
@@ -471,9 +529,9 @@ pub fn packet_flow(dir: Direction, pkt: &[u8]) -> Result<PacketFlow, PacketError
 
 /// New values for a packet's addresses and ports (`None`: unchanged).
 #[derive(Clone, Copy, Default)]
-struct Rewrite {
-    src: Option<IpAddr>,
-    dst: Option<IpAddr>,
+pub(super) struct Rewrite {
+    pub(super) src: Option<IpAddr>,
+    pub(super) dst: Option<IpAddr>,
     sport: Option<u16>,
     dport: Option<u16>,
 }
@@ -511,7 +569,12 @@ impl Rewrite {
     /// Address-only mappings for a packet travelling `dir` with these addresses:
     /// egress, original -> current (Local: the source, Remote: the destination);
     /// ingress, current -> original (Remote: the source, Local: the destination).
-    fn from_addresses(table: &TranslationTable, dir: Direction, src: IpAddr, dst: IpAddr) -> Rewrite {
+    pub(super) fn from_addresses(
+        table: &TranslationTable,
+        dir: Direction,
+        src: IpAddr,
+        dst: IpAddr,
+    ) -> Rewrite {
         if !table.has_addresses() {
             return Rewrite::default();
         }
@@ -586,52 +649,73 @@ struct ChecksumField {
 /// Applies `rw` to the packet laid out as `l` inside `buf`: addresses (and the IPv4
 /// header checksum), ports if the transport header holds them, and the transport
 /// checksum at `l4_checksum` if given (it covers the pseudo-header, so address changes
-/// enter it too). RFC 1624 updates commute, so their order does not matter.
+/// enter it too). Each checksum gets one RFC 1624 update with the terms of every field
+/// that changed in it ([`checksum::updated`]: the same bits as one update per field).
 fn apply(buf: &mut [u8], l: &Layout, rw: &Rewrite, l4_checksum: Option<ChecksumField>) {
-    let mut l4_sum = l4_checksum.and_then(|f| {
-        let c = get_u16(buf, f.at);
-        // RFC 768: a UDP (over IPv4) checksum of zero means none; it stays zero.
-        (!(f.zero_means_none && c == 0)).then_some(c)
-    });
-    let mut ip_sum = l.ipv4_checksum_at.map(|at| get_u16(buf, at));
-    for (at, old, new) in [(l.src_at, l.src, rw.src), (l.dst_at, l.dst, rw.dst)] {
-        let Some(new) = new else { continue };
-        if new == old || new.is_ipv4() != old.is_ipv4() {
-            continue;
-        }
-        put_addr(buf, at, &new);
-        ip_sum = ip_sum.map(|c| checksum::update_addr(c, &old, &new));
-        l4_sum = l4_sum.map(|c| checksum::update_addr(c, &old, &new));
-    }
+    let addresses =
+        replace_address(buf, l.src_at, &l.src, rw.src) + replace_address(buf, l.dst_at, &l.dst, rw.dst);
     let l4 = l.l4.start;
-    for (at, new) in [(l4, rw.sport), (l4 + 2, rw.dport)] {
-        let Some(new) = new else { continue };
-        if at + 2 > l.l4.end {
-            continue;
+    let terms =
+        addresses + replace_port(buf, l4, l.l4.end, rw.sport) + replace_port(buf, l4 + 2, l.l4.end, rw.dport);
+    if let Some(at) = l.ipv4_checksum_at {
+        put_u16(buf, at, checksum::updated(get_u16(buf, at), addresses));
+    }
+    if let Some(f) = l4_checksum {
+        let c = get_u16(buf, f.at);
+        if f.zero_means_none {
+            // RFC 768: a UDP checksum of zero means none; it stays zero.
+            if c != 0 {
+                put_u16(buf, f.at, checksum::udp_final(checksum::updated(c, terms)));
+            }
+        } else {
+            put_u16(buf, f.at, checksum::updated(c, terms));
         }
-        let old = get_u16(buf, at);
-        put_u16(buf, at, new);
-        l4_sum = l4_sum.map(|c| checksum::update_u16(c, old, new));
     }
-    if let (Some(at), Some(c)) = (l.ipv4_checksum_at, ip_sum) {
-        put_u16(buf, at, c);
+}
+
+/// Writes `new` over the address `old` at `at`, if it is another address of the same
+/// family, and returns its RFC 1624 term (0, no term, if nothing changed).
+fn replace_address(buf: &mut [u8], at: usize, old: &IpAddr, new: Option<IpAddr>) -> u32 {
+    match new {
+        Some(new) if new != *old && new.is_ipv4() == old.is_ipv4() => {
+            put_addr(buf, at, &new);
+            checksum::replaced(checksum::address_sum(old), checksum::address_sum(&new))
+        }
+        _ => 0,
     }
-    if let (Some(f), Some(c)) = (l4_checksum, l4_sum) {
-        put_u16(
-            buf,
-            f.at,
-            if f.zero_means_none {
-                checksum::udp_final(c)
-            } else {
-                c
-            },
-        );
+}
+
+/// Writes the port `new` at `at` if the header holds it whole (it ends before `end`),
+/// and returns its RFC 1624 term (0, no term, if not written).
+fn replace_port(buf: &mut [u8], at: usize, end: usize, new: Option<u16>) -> u32 {
+    match new {
+        Some(new) if at + 2 <= end => {
+            let old = get_u16(buf, at);
+            put_u16(buf, at, new);
+            checksum::replaced(u32::from(old), u32::from(new))
+        }
+        _ => 0,
     }
 }
 
 /// Translates one packet in place. See [`Verdict`] for what each outcome asks of the
 /// caller; any verdict but `Translated`, and any error, leaves the packet unchanged.
 pub fn translate(table: &TranslationTable, dir: Direction, pkt: &mut [u8]) -> Result<Verdict, PacketError> {
+    // Most packets are TCP or UDP without extension headers: translated in one pass
+    // over their headers (see [`fast`]). The rest, and anything unusual, come here.
+    if let Some(v) = fast::translate(table, dir, pkt) {
+        return Ok(v);
+    }
+    translate_general(table, dir, pkt)
+}
+
+/// [`translate`] for every packet: parsed into a [`Layout`] (by etherparse where there
+/// are extension headers), then rewritten by [`apply`].
+pub(super) fn translate_general(
+    table: &TranslationTable,
+    dir: Direction,
+    pkt: &mut [u8],
+) -> Result<Verdict, PacketError> {
     let l = layout(pkt)?;
     if l.fragment == Fragment::HasHeader
         && let Some(t) = Transport::of(l.proto)
@@ -826,4 +910,105 @@ fn translate_icmp_error(
     apply(pkt, l, &outer.addresses_only(), None);
     put_u16(pkt, icmp_csum_at, new_icmp);
     Ok(Verdict::Translated)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Bytes that look like an IP header to a varying degree: a version nibble, IPv4
+    /// header lengths (legal or not), length fields that fit the buffer, overshoot it,
+    /// undershoot the header or are zero, fragment fields, and protocols / next headers
+    /// both upper-layer and extension.
+    fn arb_header_bytes() -> impl Strategy<Value = Vec<u8>> {
+        (
+            prop_oneof![4 => Just(4u8), 4 => Just(6u8), 1 => 0u8..16],
+            0u8..16,
+            prop_oneof![Just(0u16), 0u16..80, any::<u16>()],
+            prop_oneof![Just(0u16), Just(0x2000), Just(0x4000), any::<u16>()],
+            prop_oneof![
+                Just(TCP),
+                Just(UDP),
+                Just(ICMPV4),
+                Just(ICMPV6),
+                Just(0u8),
+                Just(43),
+                Just(44),
+                Just(51),
+                Just(60),
+                Just(59),
+                any::<u8>()
+            ],
+            proptest::collection::vec(any::<u8>(), 0..120),
+        )
+            .prop_map(|(version, ihl, len, frag, proto, mut b)| {
+                if let Some(first) = b.first_mut() {
+                    *first = (version << 4) | ihl;
+                }
+                let mut set = |at: usize, v: &[u8]| {
+                    if let Some(d) = b.get_mut(at..at + v.len()) {
+                        d.copy_from_slice(v);
+                    }
+                };
+                if version == 6 {
+                    set(4, &len.to_be_bytes());
+                    set(6, &[proto]);
+                } else {
+                    set(2, &len.to_be_bytes());
+                    set(6, &frag.to_be_bytes());
+                    set(9, &[proto]);
+                }
+                b
+            })
+    }
+
+    /// Whether etherparse would walk an extension header right after the IP header
+    /// (the only packets the direct reading leaves to it when they parse).
+    fn has_extension_header(pkt: &[u8]) -> bool {
+        match pkt.first().map(|b| b >> 4) {
+            Some(4) => pkt.get(9) == Some(&51),
+            Some(6) => pkt.get(6).is_some_and(|&n| matches!(n, 0 | 43 | 44 | 51 | 60)),
+            _ => false,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// The layout read straight from the header bytes is etherparse's, strict and
+        /// lax, and it declines exactly the packets etherparse refuses or that carry an
+        /// extension header.
+        #[test]
+        fn the_direct_layout_is_etherparses(pkt in arb_header_bytes()) {
+            let strict = layout_etherparse(&pkt);
+            match direct_layout(&pkt, false) {
+                Some(l) => prop_assert_eq!(Ok(l), strict),
+                None => prop_assert!(strict.is_err() || has_extension_header(&pkt), "{:?}", strict),
+            }
+            let lax = layout_lax_etherparse(&pkt);
+            match direct_layout(&pkt, true) {
+                Some(l) => prop_assert_eq!(Some(l), lax),
+                None => prop_assert!(lax.is_none() || has_extension_header(&pkt), "{:?}", lax),
+            }
+        }
+    }
+
+    /// The generated packets of the fast path's tests read the same both ways too.
+    #[test]
+    fn well_formed_packets_take_the_direct_layout() {
+        use proptest::strategy::ValueTree;
+        use proptest::test_runner::TestRunner;
+        let mut runner = TestRunner::deterministic();
+        for _ in 0..512 {
+            let p = fast::tests::arb_plain()
+                .new_tree(&mut runner)
+                .unwrap()
+                .current()
+                .bytes();
+            assert_eq!(direct_layout(&p, false).map(Ok), Some(layout_etherparse(&p)));
+            assert_eq!(direct_layout(&p, true), layout_lax_etherparse(&p));
+        }
+    }
 }

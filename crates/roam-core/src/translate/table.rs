@@ -2,12 +2,12 @@
 //! indexed both ways, plus address-only mappings (seed 002's virtual <-> actual address).
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use foldhash::quality::FixedState;
 use thiserror::Error;
 
-use super::tuple::{AddressMapping, FlowMapping, Protocol, Side, TableChange, Tuple};
+use super::tuple::{AddressMapping, FlowMapping, Side, TableChange, Tuple};
 
 /// Why a change was refused. A refused change leaves the table as it was.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -30,42 +30,278 @@ pub enum TableError {
 
 type Map<K, V> = HashMap<K, V, FixedState>;
 
-/// A tuple as a hash key: its fields packed into integers, so that a lookup hashes one
-/// 56-byte block and compares seven words (the derived `Hash`/`Eq` of `Tuple` walk two
-/// `SocketAddr` enums field by field, which was most of the rewriter's time per packet,
-/// `cargo bench -p roam-core --bench rewrite`). Equal keys if and only if equal tuples:
-/// every field `Tuple`'s equality compares is in it (the family, IPv6 flow info and
-/// scope included).
+/// An IPv4 tuple as one integer: the local and remote addresses in the high 64 bits,
+/// then the local and remote ports, and the protocol number in the low byte. As a key
+/// a lookup hashes one `u128` (one folded multiply) and compares one; the derived
+/// `Hash`/`Eq` of `Tuple` walk two `SocketAddr` enums field by field, which was most of
+/// the rewriter's time per packet (`cargo bench -p roam-core --bench rewrite`,
+/// docs/BENCHMARKS.md). The rewriter builds it straight from a packet's header bytes.
+///
+/// As a [`PathIndex`] value it is the entry's other tuple, with bit 8 set if the entry
+/// holds (never in a key).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Key([u64; 7]);
+pub(crate) struct Key4(u128);
 
-impl Key {
-    fn of(t: &Tuple) -> Key {
-        fn ip(a: &std::net::SocketAddr) -> (u128, u64) {
-            match a {
-                std::net::SocketAddr::V4(v4) => (u128::from(u32::from(*v4.ip())), 0),
-                std::net::SocketAddr::V6(v6) => (
-                    u128::from(*v6.ip()),
-                    (u64::from(v6.scope_id()) << 32) | u64::from(v6.flowinfo()),
-                ),
-            }
+impl Key4 {
+    /// `addrs`: local address << 32 | remote address; `ports`: local port << 16 |
+    /// remote port (as they sit, big-endian, in an egress packet's headers).
+    #[inline(always)]
+    pub(crate) fn new(addrs: u64, ports: u32, protocol: u8) -> Key4 {
+        Key4((u128::from(addrs) << 64) | (u128::from(ports) << 32) | u128::from(protocol))
+    }
+
+    #[inline(always)]
+    pub(crate) fn local(self) -> u32 {
+        (self.0 >> 96) as u32
+    }
+
+    #[inline(always)]
+    pub(crate) fn remote(self) -> u32 {
+        (self.0 >> 64) as u32
+    }
+
+    /// Local port << 16 | remote port.
+    #[inline(always)]
+    pub(crate) fn ports(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+
+    #[inline(always)]
+    pub(crate) fn hold(self) -> bool {
+        self.0 & HOLD != 0
+    }
+
+    fn with_hold(self, hold: bool) -> Key4 {
+        Key4(self.0 | if hold { HOLD } else { 0 })
+    }
+}
+
+/// The bit of a [`PathIndex`] value that says the entry holds: above the protocol
+/// number, in bits no key uses.
+const HOLD: u128 = 1 << 8;
+
+/// An IPv6 tuple's addresses and ports, the IPv6 counterpart of [`Key4`]: both
+/// addresses as integers, then the ports and protocol number (and, in a value, the
+/// hold bit) as in the low 64 bits of a `Key4`. As a key it stands for a tuple without
+/// flow information or scope id, as every tuple a packet carries is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Key6 {
+    local: u128,
+    remote: u128,
+    ports: u64,
+}
+
+impl Key6 {
+    #[inline(always)]
+    pub(crate) fn new(local: u128, remote: u128, ports: u32, protocol: u8) -> Key6 {
+        Key6 {
+            local,
+            remote,
+            ports: (u64::from(ports) << 32) | u64::from(protocol),
         }
-        let (l, lx) = ip(&t.local);
-        let (r, rx) = ip(&t.remote);
-        let proto = match t.protocol {
-            Protocol::Tcp => 1u64,
-            Protocol::Udp => 2,
-        };
-        let family = (u64::from(t.local.is_ipv6()) << 1) | u64::from(t.remote.is_ipv6());
-        Key([
-            (l >> 64) as u64,
-            l as u64,
-            (r >> 64) as u64,
-            r as u64,
-            (u64::from(t.local.port()) << 48) | (u64::from(t.remote.port()) << 32) | (proto << 8) | family,
-            lx,
-            rx,
-        ])
+    }
+
+    #[inline(always)]
+    pub(crate) fn local(self) -> u128 {
+        self.local
+    }
+
+    #[inline(always)]
+    pub(crate) fn remote(self) -> u128 {
+        self.remote
+    }
+
+    #[inline(always)]
+    pub(crate) fn ports(self) -> u32 {
+        (self.ports >> 32) as u32
+    }
+
+    #[inline(always)]
+    pub(crate) fn hold(self) -> bool {
+        self.ports & HOLD as u64 != 0
+    }
+
+    fn with_hold(self, hold: bool) -> Key6 {
+        Key6 {
+            ports: self.ports | if hold { HOLD as u64 } else { 0 },
+            ..self
+        }
+    }
+}
+
+/// Which index a tuple lives in, and under which key. Equal keys if and only if equal
+/// tuples: every field `Tuple`'s equality compares is in the key or decides the index
+/// (a tuple goes to exactly one, by its families and IPv6 extras).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TupleKey {
+    V4(Key4),
+    V6(Key6),
+    /// An IPv6 tuple with flow information or a scope id, which no packet carries (a
+    /// packet's tuple has neither), or one that mixes families (the table refuses
+    /// those; looking one up finds nothing): keyed by itself.
+    Other(Tuple),
+}
+
+impl TupleKey {
+    pub(crate) fn of(t: &Tuple) -> TupleKey {
+        match packed(t) {
+            Some(k) if !has_extras(t) => k,
+            _ => TupleKey::Other(*t),
+        }
+    }
+}
+
+/// A tuple's addresses, ports and protocol packed as a key of its family, whatever its
+/// IPv6 flow information and scope id (a packet carries neither); `None` if it mixes
+/// families.
+fn packed(t: &Tuple) -> Option<TupleKey> {
+    let ports = (u32::from(t.local.port()) << 16) | u32::from(t.remote.port());
+    let protocol = t.protocol.ip_number();
+    match (t.local, t.remote) {
+        (SocketAddr::V4(l), SocketAddr::V4(r)) => Some(TupleKey::V4(Key4::new(
+            (u64::from(l.ip().to_bits()) << 32) | u64::from(r.ip().to_bits()),
+            ports,
+            protocol,
+        ))),
+        (SocketAddr::V6(l), SocketAddr::V6(r)) => Some(TupleKey::V6(Key6::new(
+            l.ip().to_bits(),
+            r.ip().to_bits(),
+            ports,
+            protocol,
+        ))),
+        _ => None,
+    }
+}
+
+/// Whether an end of the tuple has IPv6 flow information or a scope id.
+fn has_extras(t: &Tuple) -> bool {
+    [t.local, t.remote].iter().any(|a| match a {
+        SocketAddr::V6(a) => a.flowinfo() != 0 || a.scope_id() != 0,
+        SocketAddr::V4(_) => false,
+    })
+}
+
+/// Flow entries indexed by one of their tuples, one hash map per kind of key (so that
+/// an IPv4 bucket holds a 16-byte key, not the 56 bytes a key for every family needs).
+#[derive(Clone, Debug)]
+struct FlowIndex {
+    v4: Map<Key4, FlowMapping>,
+    v6: Map<Key6, FlowMapping>,
+    other: Map<Tuple, FlowMapping>,
+}
+
+impl FlowIndex {
+    fn new(hash_seed: u64) -> FlowIndex {
+        let h = || FixedState::with_seed(hash_seed);
+        FlowIndex {
+            v4: HashMap::with_hasher(h()),
+            v6: HashMap::with_hasher(h()),
+            other: HashMap::with_hasher(h()),
+        }
+    }
+
+    fn get(&self, t: &Tuple) -> Option<&FlowMapping> {
+        match TupleKey::of(t) {
+            TupleKey::V4(k) => self.v4.get(&k),
+            TupleKey::V6(k) => self.v6.get(&k),
+            TupleKey::Other(t) => self.other.get(&t),
+        }
+    }
+
+    fn insert(&mut self, t: &Tuple, m: FlowMapping) -> Option<FlowMapping> {
+        match TupleKey::of(t) {
+            TupleKey::V4(k) => self.v4.insert(k, m),
+            TupleKey::V6(k) => self.v6.insert(k, m),
+            TupleKey::Other(t) => self.other.insert(t, m),
+        }
+    }
+
+    fn remove(&mut self, t: &Tuple) -> Option<FlowMapping> {
+        match TupleKey::of(t) {
+            TupleKey::V4(k) => self.v4.remove(&k),
+            TupleKey::V6(k) => self.v6.remove(&k),
+            TupleKey::Other(t) => self.other.remove(&t),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.v4.len() + self.v6.len() + self.other.len()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &FlowMapping> {
+        self.v4
+            .values()
+            .chain(self.v6.values())
+            .chain(self.other.values())
+    }
+
+    fn clear(&mut self) {
+        self.v4.clear();
+        self.v6.clear();
+        self.other.clear();
+    }
+}
+
+/// The packet path's view of the entries, one way (egress: original -> current;
+/// ingress: current -> original): from a tuple a packet can carry, the tuple to give it
+/// and the entry's hold flag, packed into one small value, so that translating a packet
+/// reads one hash bucket of 32 (IPv4) or 96 (IPv6) bytes and nothing else. What the
+/// rewriter needs of an entry and nothing more: [`FlowIndex`] keeps the entries
+/// themselves. Tuples with IPv6 flow information or a scope id are not here (no packet
+/// carries them); a value drops them (the rewriter writes addresses and ports only).
+#[derive(Clone, Debug)]
+pub(crate) struct PathIndex {
+    v4: Map<Key4, Key4>,
+    v6: Map<Key6, Key6>,
+}
+
+impl PathIndex {
+    fn new(hash_seed: u64) -> PathIndex {
+        let h = || FixedState::with_seed(hash_seed);
+        PathIndex {
+            v4: HashMap::with_hasher(h()),
+            v6: HashMap::with_hasher(h()),
+        }
+    }
+
+    /// `from` -> `to`. The table checked that they are of one family.
+    fn insert(&mut self, from: &Tuple, to: &Tuple, hold: bool) {
+        match (TupleKey::of(from), packed(to)) {
+            (TupleKey::V4(k), Some(TupleKey::V4(v))) => {
+                self.v4.insert(k, v.with_hold(hold));
+            }
+            (TupleKey::V6(k), Some(TupleKey::V6(v))) => {
+                self.v6.insert(k, v.with_hold(hold));
+            }
+            _ => {}
+        }
+    }
+
+    fn remove(&mut self, from: &Tuple) {
+        match TupleKey::of(from) {
+            TupleKey::V4(k) => {
+                self.v4.remove(&k);
+            }
+            TupleKey::V6(k) => {
+                self.v6.remove(&k);
+            }
+            TupleKey::Other(_) => {}
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn get4(&self, k: &Key4) -> Option<Key4> {
+        self.v4.get(k).copied()
+    }
+
+    #[inline(always)]
+    pub(crate) fn get6(&self, k: &Key6) -> Option<Key6> {
+        self.v6.get(k).copied()
+    }
+
+    fn clear(&mut self) {
+        self.v4.clear();
+        self.v6.clear();
     }
 }
 
@@ -73,9 +309,12 @@ impl Key {
 /// hash map to decide anything, so a seeded table behaves the same on every run.
 #[derive(Clone, Debug)]
 pub struct TranslationTable {
-    by_original: Map<Key, FlowMapping>,
-    /// current -> the entry (a copy: ingress translation looks up once)
-    by_current: Map<Key, FlowMapping>,
+    by_original: FlowIndex,
+    /// current -> the entry (a copy: ingress lookups look up once)
+    by_current: FlowIndex,
+    /// The packet path's indexes: original -> current, and current -> original.
+    egress: PathIndex,
+    ingress: PathIndex,
     /// (side, original address) -> current address
     addr_by_original: Map<(Side, IpAddr), IpAddr>,
     /// (side, current address) -> original address
@@ -90,8 +329,10 @@ impl TranslationTable {
     pub fn new(hash_seed: u64) -> TranslationTable {
         let h = || FixedState::with_seed(hash_seed);
         TranslationTable {
-            by_original: HashMap::with_hasher(h()),
-            by_current: HashMap::with_hasher(h()),
+            by_original: FlowIndex::new(hash_seed),
+            by_current: FlowIndex::new(hash_seed),
+            egress: PathIndex::new(hash_seed),
+            ingress: PathIndex::new(hash_seed),
             addr_by_original: HashMap::with_hasher(h()),
             addr_by_current: HashMap::with_hasher(h()),
         }
@@ -108,8 +349,10 @@ impl TranslationTable {
         match change {
             TableChange::InstallFlow(m) => self.install_flow(*m),
             TableChange::RemoveFlow { original } => {
-                if let Some(m) = self.by_original.remove(&Key::of(original)) {
-                    self.by_current.remove(&Key::of(&m.current));
+                if let Some(m) = self.by_original.remove(original) {
+                    self.by_current.remove(&m.current);
+                    self.egress.remove(&m.original);
+                    self.ingress.remove(&m.current);
                 }
                 Ok(())
             }
@@ -135,8 +378,7 @@ impl TranslationTable {
         if m.original.protocol != m.current.protocol {
             return Err(TableError::ProtocolChange(Box::new(m)));
         }
-        let current = Key::of(&m.current);
-        if let Some(holder) = self.by_current.get(&current)
+        if let Some(holder) = self.by_current.get(&m.current)
             && holder.original != m.original
         {
             return Err(TableError::CurrentInUse {
@@ -144,10 +386,13 @@ impl TranslationTable {
                 holder: Box::new(holder.original),
             });
         }
-        if let Some(old) = self.by_original.insert(Key::of(&m.original), m) {
-            self.by_current.remove(&Key::of(&old.current));
+        if let Some(old) = self.by_original.insert(&m.original, m) {
+            self.by_current.remove(&old.current);
+            self.ingress.remove(&old.current);
         }
-        self.by_current.insert(current, m);
+        self.by_current.insert(&m.current, m);
+        self.egress.insert(&m.original, &m.current, m.hold);
+        self.ingress.insert(&m.current, &m.original, false);
         Ok(())
     }
 
@@ -174,11 +419,23 @@ impl TranslationTable {
     }
 
     pub fn flow_by_original(&self, t: &Tuple) -> Option<&FlowMapping> {
-        self.by_original.get(&Key::of(t))
+        self.by_original.get(t)
     }
 
     pub fn flow_by_current(&self, t: &Tuple) -> Option<&FlowMapping> {
-        self.by_current.get(&Key::of(t))
+        self.by_current.get(t)
+    }
+
+    /// Original -> current and hold, for the rewriter's lookups by packed key.
+    #[inline(always)]
+    pub(crate) fn egress_path(&self) -> &PathIndex {
+        &self.egress
+    }
+
+    /// Current -> original, for the rewriter's lookups by packed key.
+    #[inline(always)]
+    pub(crate) fn ingress_path(&self) -> &PathIndex {
+        &self.ingress
     }
 
     /// The current address an original one maps to on `side`.
@@ -228,6 +485,8 @@ impl TranslationTable {
     pub fn clear(&mut self) {
         self.by_original.clear();
         self.by_current.clear();
+        self.egress.clear();
+        self.ingress.clear();
         self.addr_by_original.clear();
         self.addr_by_current.clear();
     }
@@ -447,7 +706,7 @@ mod tests {
 #[cfg(test)]
 mod key_tests {
     use super::*;
-    use std::net::SocketAddr;
+    use crate::translate::Protocol;
 
     fn tuple(p: Protocol, l: &str, r: &str) -> Tuple {
         Tuple::new(p, l.parse().unwrap(), r.parse().unwrap())
@@ -483,8 +742,103 @@ mod key_tests {
         ];
         for a in &tuples {
             for b in &tuples {
-                assert_eq!(Key::of(a) == Key::of(b), a == b, "{a} / {b}");
+                assert_eq!(TupleKey::of(a) == TupleKey::of(b), a == b, "{a} / {b}");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV6};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::translate::Protocol;
+
+    /// A small universe of tuples, so that random changes collide: IPv4, IPv6, and IPv6
+    /// with a scope id or flow information (which packets never carry).
+    fn tuple(n: u8) -> Tuple {
+        let port = 1000 + u16::from(n % 3);
+        let proto = if n.is_multiple_of(7) {
+            Protocol::Udp
+        } else {
+            Protocol::Tcp
+        };
+        let (l, r): (SocketAddr, SocketAddr) = match n % 4 {
+            0 | 1 => (
+                (Ipv4Addr::new(10, 0, 0, n / 4 % 3), port).into(),
+                (Ipv4Addr::new(10, 9, 0, 1), 80).into(),
+            ),
+            2 => (
+                (
+                    Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(n / 4 % 3)),
+                    port,
+                )
+                    .into(),
+                (Ipv6Addr::new(0xfd09, 0, 0, 0, 0, 0, 0, 1), 80).into(),
+            ),
+            _ => (
+                SocketAddr::V6(SocketAddrV6::new(
+                    Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(n / 4 % 3)),
+                    port,
+                    u32::from(n / 12 % 2),
+                    1 - u32::from(n / 12 % 2),
+                )),
+                (Ipv6Addr::new(0xfd09, 0, 0, 0, 0, 0, 0, 1), 80).into(),
+            ),
+        };
+        Tuple::new(proto, l, r)
+    }
+
+    fn lookup(index: &PathIndex, t: &Tuple) -> Option<(TupleKey, bool)> {
+        match TupleKey::of(t) {
+            TupleKey::V4(k) => index
+                .get4(&k)
+                .map(|v| (TupleKey::V4(Key4(v.0 & !HOLD)), v.hold())),
+            TupleKey::V6(k) => index.get6(&k).map(|v| {
+                (
+                    TupleKey::V6(Key6 {
+                        ports: v.ports & !(HOLD as u64),
+                        ..v
+                    }),
+                    v.hold(),
+                )
+            }),
+            TupleKey::Other(_) => None,
+        }
+    }
+
+    proptest! {
+        /// After any sequence of changes, accepted or refused, the packet path's
+        /// indexes say what the entries say: by every tuple a packet can carry, the
+        /// entry's other tuple (addresses, ports and protocol) and, on egress, its hold.
+        #[test]
+        fn the_packet_paths_indexes_follow_the_entries(
+            changes in proptest::collection::vec((any::<bool>(), any::<u8>(), any::<u8>(), any::<bool>()), 1..40),
+        ) {
+            let mut table = TranslationTable::new(3);
+            for (install, a, b, hold) in changes {
+                let change = if install {
+                    TableChange::InstallFlow(FlowMapping { original: tuple(a), current: tuple(b), hold })
+                } else {
+                    TableChange::RemoveFlow { original: tuple(a) }
+                };
+                let _ = table.apply(&change);
+                for n in 0..=255u8 {
+                    let t = tuple(n);
+                    let packable = !has_extras(&t);
+                    let egress = table.flow_by_original(&t).filter(|_| packable).map(|m| (packed(&m.current).unwrap(), m.hold));
+                    prop_assert_eq!(lookup(&table.egress, &t), egress, "egress {}", t);
+                    let ingress = table.flow_by_current(&t).filter(|_| packable).map(|m| (packed(&m.original).unwrap(), false));
+                    prop_assert_eq!(lookup(&table.ingress, &t), ingress, "ingress {}", t);
+                }
+            }
+            let count = table.flow_count();
+            prop_assert_eq!(table.egress.v4.len() + table.egress.v6.len() <= count, true);
+            table.clear();
+            prop_assert_eq!(table.egress.v4.len() + table.ingress.v6.len(), 0);
         }
     }
 }

@@ -664,7 +664,7 @@ pub(super) fn wait_listening(ns: &Ns, port: u16, server: &Child, within: Duratio
 /// each deletes its data plane's kernel state and releases the addresses it kept, then
 /// writes its last status (which the report shows).
 fn stop_roamd(run: &mut Run) -> Result<(), LabError> {
-    if run.roamd.is_empty() {
+    if run.roamds.is_empty() {
         return Ok(());
     }
     run.notes

@@ -7,14 +7,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
 use crate::capture::{
     Capture, CaptureOptions, CaptureSummary, PacketFilter, Protocol, goodput, handover_gap,
 };
-use crate::netns::{Child, ChildOutput, LabError, Ns, run_checked};
+use crate::netns::{Child, LabError, Ns};
+use crate::roamd::{RoamdConfig, Roamds};
 use crate::timeline::Timeline;
 use crate::topology::{B_IF, Family, MoveTimes, Subnet, Topology, TopologyOptions};
 use crate::traffic::{SinkReport, SourceReport, TcpSink, TcpSource};
@@ -404,7 +405,7 @@ pub struct Run {
     topology: Topology,
     dir: PathBuf,
     temporary: bool,
-    roamd: Vec<(String, Child)>,
+    roamds: Roamds,
     capture: Option<Capture>,
     started: SystemTime,
     wall: Instant,
@@ -457,13 +458,14 @@ impl Run {
                 ..CaptureOptions::default()
             },
         )?;
+        let roamds = Roamds::new(&dir, &options.roam_binary);
         let mut run = Run {
             name,
             options: options.clone(),
             topology,
             dir,
             temporary,
-            roamd: Vec::new(),
+            roamds,
             capture: Some(capture),
             started: SystemTime::now(),
             wall: Instant::now(),
@@ -499,46 +501,17 @@ impl Run {
     /// starts `roam daemon` in both namespaces; returns when both report their
     /// addresses.
     fn start_roamd(&mut self) -> Result<(), LabError> {
-        // Keys come from `roam keygen`, the one way roam writes a key (mode 0600, from
-        // the OS's randomness).
-        let mut public = Vec::new();
-        for host in ["a", "b"] {
-            let dir = self.dir.join(host);
-            std::fs::create_dir_all(&dir).map_err(|e| LabError::io("creating a host directory", e))?;
-            let key = dir.join("host.key");
-            // A kept directory from an earlier run: keygen never overwrites.
-            let _ = std::fs::remove_file(&key);
-            // Nor may its roamd restore that run's translation entries.
-            let _ = std::fs::remove_file(dir.join("state.json"));
-            let bin = self.options.roam_binary.display().to_string();
-            let out = run_checked(
-                &bin,
-                &["keygen", &key.display().to_string()],
-                None,
-                Duration::from_secs(10),
-            )?;
-            public.push(out.stdout.trim().to_owned());
-        }
-        for (i, host) in ["a", "b"].into_iter().enumerate() {
-            let peer = if host == "a" { "b" } else { "a" };
-            let config = format!(
-                "# written by roam lab\nprivate_key_file = \"host.key\"\n\n[[peer]]\nname = \"{peer}\"\npublic_key = \"{}\"\n\n[daemon]\nnudge = {}\ndata_plane = \"{}\"\n",
-                public[1 - i],
-                self.options.nudge,
-                self.options.data_plane
-            );
-            std::fs::write(self.dir.join(host).join("roam.toml"), config)
-                .map_err(|e| LabError::io("writing a configuration", e))?;
-        }
+        self.roamds.configure(
+            &["a", "b"],
+            &RoamdConfig {
+                nudge: self.options.nudge,
+                data_plane: self.options.data_plane.clone(),
+            },
+        )?;
         for host in ["a", "b"] {
             self.spawn_roamd(host)?;
         }
-        for host in ["a", "b"] {
-            self.wait_status(host, Duration::from_secs(10), |s| {
-                s["addresses"].as_array().is_some_and(|a| !a.is_empty())
-            })?;
-        }
-        Ok(())
+        self.roamds.wait_up(&["a", "b"])
     }
 
     fn spawn_roamd(&mut self, host: &str) -> Result<(), LabError> {
@@ -546,87 +519,33 @@ impl Run {
         self.spawn_roamd_from(host, &bin)
     }
 
-    /// Starts `roam daemon` on `host` from the executable `bin` (a restart may run
-    /// another copy, as an upgrade does).
+    /// Starts `roam daemon` on `host` from the executable `bin` (see
+    /// [`Roamds::spawn_from`]).
     fn spawn_roamd_from(&mut self, host: &str, bin: &std::path::Path) -> Result<(), LabError> {
-        let dir = self.dir.join(host);
-        let status = dir.join("status.json");
-        let _ = std::fs::remove_file(&status);
-        let ns = if host == "a" { self.a() } else { self.b() };
-        let bin = bin.display().to_string();
-        let config = dir.join("roam.toml").display().to_string();
-        let status_arg = status.display().to_string();
-        // Each host's own state file and control socket: the hosts share a file system.
-        let state_arg = dir.join("state.json").display().to_string();
-        let socket_arg = dir.join("roamd.sock").display().to_string();
-        let log_level = std::env::var("ROAM_LAB_LOG").unwrap_or_else(|_| "info".into());
-        let child = ns.spawn(
-            &[
-                "env",
-                &format!("ROAM_LOG={log_level}"),
-                &bin,
-                "daemon",
-                "--config",
-                &config,
-                "--status-file",
-                &status_arg,
-                "--state",
-                &state_arg,
-                "--socket",
-                &socket_arg,
-            ],
-            ChildOutput::File(dir.join("roamd.log")),
-        )?;
-        self.roamd.retain(|(h, _)| h != host);
-        self.roamd.push((host.to_owned(), child));
-        Ok(())
+        let ns = if host == "a" {
+            self.topology.a()
+        } else {
+            self.topology.b()
+        };
+        self.roamds.spawn_from(ns, host, bin)
     }
 
     fn roamd(&self, host: &str) -> Result<&Child, LabError> {
-        self.roamd
-            .iter()
-            .find(|(h, _)| h == host)
-            .map(|(_, c)| c)
-            .ok_or_else(|| LabError::Invalid(format!("roamd is not running on {host}")))
+        self.roamds.child(host)
     }
 
-    /// Takes roam out of `host` and stops roamd, the way an operator removing it would:
-    /// `roam down` (every translation entry and kept address goes, and the state file
-    /// is emptied), then SIGTERM (roamd writes its last status and exits), waiting up to
-    /// 10 s; kills it past that. True if it exited on SIGTERM. (A bare SIGTERM, a
-    /// service manager's stop, leaves the entries for the next roamd.)
+    /// `roam down`, then SIGTERM (see [`Roamds::stop`]).
     fn stop_roamd(&mut self, host: &str) -> Result<bool, LabError> {
-        let socket = self.dir.join(host).join("roamd.sock");
-        let down = std::process::Command::new(&self.options.roam_binary)
-            .args(["down", "--socket"])
-            .arg(&socket)
-            .output()
-            .map_err(|e| LabError::io(format!("running roam down on {host}"), e))?;
-        if !down.status.success() {
-            return Err(LabError::Invalid(format!(
-                "roam down on {host}: {}",
-                String::from_utf8_lossy(&down.stderr).trim()
-            )));
-        }
-        let child = self.roamd(host)?;
-        crate::sys::signal(child.pid(), libc::SIGTERM)
-            .map_err(|e| LabError::io(format!("stopping roamd on {host}"), e))?;
-        let exited = child.wait_timeout(Duration::from_secs(10))?.is_some();
-        if !exited {
-            child.kill();
-        }
-        self.roamd.retain(|(h, _)| h != host);
-        Ok(exited)
+        self.roamds.stop(host)
     }
 
     fn status_path(&self, host: &str) -> PathBuf {
-        self.dir.join(host).join("status.json")
+        self.roamds.status_path(host)
     }
 
     /// roamd's last status snapshot on `host`.
     pub fn status(&self, host: &str) -> Option<serde_json::Value> {
-        let text = std::fs::read_to_string(self.status_path(host)).ok()?;
-        serde_json::from_str(&text).ok()
+        self.roamds.status(host)
     }
 
     /// Waits (bounded) until `host`'s status satisfies `ok`.
@@ -636,11 +555,11 @@ impl Run {
         within: Duration,
         ok: impl Fn(&serde_json::Value) -> bool,
     ) -> Result<serde_json::Value, LabError> {
-        self.wait_status_since(host, UNIX_EPOCH, within, ok)
+        self.roamds.wait_status(host, within, ok)
     }
 
-    /// Waits (bounded) until `host`'s status, from a snapshot written after `after`
-    /// (roamd rewrites it every second), satisfies `ok`.
+    /// Waits (bounded) until `host`'s status, from a snapshot written after `after`,
+    /// satisfies `ok`.
     fn wait_status_since(
         &self,
         host: &str,
@@ -648,35 +567,7 @@ impl Run {
         within: Duration,
         ok: impl Fn(&serde_json::Value) -> bool,
     ) -> Result<serde_json::Value, LabError> {
-        let deadline = Instant::now() + within;
-        loop {
-            // The file's time first: what is read afterwards is at least that new (roamd
-            // replaces it by rename).
-            let fresh = std::fs::metadata(self.status_path(host))
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t > after);
-            if fresh
-                && let Some(s) = self.status(host)
-                && ok(&s)
-            {
-                return Ok(s);
-            }
-            if let Some((_, c)) = self.roamd.iter().find(|(h, _)| h == host)
-                && let Ok(Some(status)) = c.try_wait()
-            {
-                return Err(LabError::Invalid(format!(
-                    "roamd on {host} exited ({status}); see {}",
-                    self.dir.join(host).join("roamd.log").display()
-                )));
-            }
-            if Instant::now() >= deadline {
-                return Err(LabError::Invalid(format!(
-                    "roamd on {host} did not reach the expected state within {within:?}; see {}",
-                    self.dir.join(host).display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.roamds.wait_status_since(host, after, within, ok)
     }
 
     /// Waits until both roamds know each other and share at least one flow: the
@@ -690,14 +581,7 @@ impl Run {
         if !self.options.roam {
             return Ok(());
         }
-        for host in ["a", "b"] {
-            self.wait_status(host, Duration::from_secs(10), |s| {
-                s["peers"]
-                    .as_array()
-                    .is_some_and(|p| p.iter().any(|p| p["flows"].as_u64() >= Some(flows)))
-            })?;
-        }
-        Ok(())
+        self.roamds.wait_flows(&["a", "b"], flows)
     }
 
     fn move_a(&mut self) -> Result<(), LabError> {
@@ -809,9 +693,8 @@ impl Run {
             .collect();
         // What `roam status` shows on each host at the end, for a person to read.
         if let Some(out) = self.options.out.clone() {
-            let hosts: Vec<String> = self.roamd.iter().map(|(h, _)| h.clone()).collect();
-            for host in hosts {
-                let socket = self.dir.join(&host).join("roamd.sock");
+            for host in self.roamds.hosts() {
+                let socket = self.roamds.socket(&host);
                 match output::write_roam_status(&out, &self.options.roam_binary, &host, &socket) {
                     Ok(path) => self
                         .notes
@@ -820,9 +703,7 @@ impl Run {
                 }
             }
         }
-        for (_, c) in &self.roamd {
-            c.kill();
-        }
+        self.roamds.kill_all();
         let summary = self.capture.take().map(Capture::stop).transpose()?;
         if let Err(e) = &result {
             self.notes.push(format!("scenario error: {e}"));

@@ -117,7 +117,7 @@ impl Run {
         if status.is_none() {
             child.kill();
         }
-        self.roamd.retain(|(h, _)| h != host);
+        self.roamds.forget(host);
         Ok(status)
     }
 

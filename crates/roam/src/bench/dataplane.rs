@@ -57,6 +57,8 @@ use roam_linux::nft::{NftConfig, NftDataPlane};
 use roam_linux::tcbpf::{TcBpfConfig, TcBpfDataPlane};
 use serde::Serialize;
 
+use super::stats::{max, median, min};
+
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Seconds of each iperf3 run.
@@ -79,14 +81,14 @@ pub struct Args {
     json: bool,
 }
 
-const A_IF: &str = "rba";
-const B_IF: &str = "rbb";
-const A_ORIGINAL: Ipv4Addr = Ipv4Addr::new(10, 89, 0, 1);
+pub(crate) const A_IF: &str = "rba";
+pub(crate) const B_IF: &str = "rbb";
+pub(crate) const A_ORIGINAL: Ipv4Addr = Ipv4Addr::new(10, 89, 0, 1);
 const B_ADDR: Ipv4Addr = Ipv4Addr::new(10, 89, 0, 2);
 const A_CURRENT: Ipv4Addr = Ipv4Addr::new(10, 89, 0, 3);
 const IPERF_PORT: u16 = 5201;
 /// /proc's unit of CPU time (USER_HZ, 100 on every Linux architecture roam runs on).
-const USER_HZ: f64 = 100.0;
+pub(crate) const USER_HZ: f64 = 100.0;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -99,7 +101,7 @@ pub enum Plane {
 impl Plane {
     const ALL: [Plane; 3] = [Plane::Plain, Plane::Nftables, Plane::TcBpf];
 
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Plane::Plain => "plain TCP",
             Plane::Nftables => "nftables",
@@ -193,21 +195,7 @@ pub fn run(args: Args) -> Result<bool> {
         ok: true,
     };
     if !args.no_goodput {
-        let server = net
-            .b
-            .spawn(
-                &[
-                    "iperf3",
-                    "-s",
-                    "-B",
-                    &B_ADDR.to_string(),
-                    "-p",
-                    &IPERF_PORT.to_string(),
-                ],
-                ChildOutput::Collect,
-            )
-            .context("starting the iperf3 server")?;
-        net.wait_listening()?;
+        let server = net.start_server()?;
         let softirqd = ksoftirqd_threads();
         // A warm-up run, not recorded: the first connection pays for cold caches.
         net.iperf(A_CURRENT, 40999, 1).context("warm-up run")?;
@@ -263,15 +251,15 @@ pub fn run(args: Args) -> Result<bool> {
 }
 
 /// The two namespaces and their veth.
-struct Net {
+pub(crate) struct Net {
     // Dropped last: deletes the namespaces.
     _lab: Lab,
-    a: Ns,
-    b: Ns,
+    pub(crate) a: Ns,
+    pub(crate) b: Ns,
 }
 
 impl Net {
-    fn new() -> Result<Net> {
+    pub(crate) fn new() -> Result<Net> {
         let lab = Lab::with_prefix("rb")?;
         let a = lab.add_ns("a")?;
         let b = lab.add_ns("b")?;
@@ -298,6 +286,26 @@ impl Net {
         Ok(Net { _lab: lab, a, b })
     }
 
+    /// iperf3's server in B, listening when this returns (killed when dropped).
+    pub(crate) fn start_server(&self) -> Result<roam_lab::netns::Child> {
+        let server = self
+            .b
+            .spawn(
+                &[
+                    "iperf3",
+                    "-s",
+                    "-B",
+                    &B_ADDR.to_string(),
+                    "-p",
+                    &IPERF_PORT.to_string(),
+                ],
+                ChildOutput::Collect,
+            )
+            .context("starting the iperf3 server")?;
+        self.wait_listening()?;
+        Ok(server)
+    }
+
     fn wait_listening(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -314,7 +322,7 @@ impl Net {
 
     /// The flow iperf3's data connection from `port` is, seen from A: original and
     /// current tuple.
-    fn flow(port: u16) -> (Tuple, Tuple) {
+    pub(crate) fn flow(port: u16) -> (Tuple, Tuple) {
         let b = SocketAddr::new(IpAddr::V4(B_ADDR), IPERF_PORT);
         (
             Tuple::new(Protocol::Tcp, SocketAddr::new(IpAddr::V4(A_ORIGINAL), port), b),
@@ -401,7 +409,7 @@ impl Net {
     }
 
     /// iperf3 from `src`:`port` to B for `seconds`.
-    fn iperf(&self, src: Ipv4Addr, port: u16, seconds: u64) -> Result<IperfResult> {
+    pub(crate) fn iperf(&self, src: Ipv4Addr, port: u16, seconds: u64) -> Result<IperfResult> {
         let (src, port, secs) = (src.to_string(), port.to_string(), seconds.to_string());
         let child = self.a.spawn(
             &[
@@ -445,13 +453,13 @@ impl Net {
     }
 }
 
-struct IperfResult {
-    seconds: f64,
-    bytes: u64,
-    bps: f64,
-    retransmits: u64,
-    client_cpu_pct: f64,
-    server_cpu_pct: f64,
+pub(crate) struct IperfResult {
+    pub(crate) seconds: f64,
+    pub(crate) bytes: u64,
+    pub(crate) bps: f64,
+    pub(crate) retransmits: u64,
+    pub(crate) client_cpu_pct: f64,
+    pub(crate) server_cpu_pct: f64,
 }
 
 /// A's and B's plane during a run.
@@ -461,7 +469,7 @@ enum Active {
     Bpf(Box<(TcBpfDataPlane, TcBpfDataPlane)>),
 }
 
-fn install(original: Tuple, current: Tuple) -> DataPlaneCommand {
+pub(crate) fn install(original: Tuple, current: Tuple) -> DataPlaneCommand {
     DataPlaneCommand::Table(TableChange::InstallFlow(FlowMapping {
         original,
         current,
@@ -469,7 +477,7 @@ fn install(original: Tuple, current: Tuple) -> DataPlaneCommand {
     }))
 }
 
-fn nft_plane(ns: &Ns) -> Result<NftDataPlane> {
+pub(crate) fn nft_plane(ns: &Ns) -> Result<NftDataPlane> {
     Ok(NftDataPlane::open_with(NftConfig {
         netns: Some(ns.path()),
         nudge: false,
@@ -478,7 +486,7 @@ fn nft_plane(ns: &Ns) -> Result<NftDataPlane> {
     })?)
 }
 
-fn bpf_plane(ns: &Ns, iface: &str, max_flows: u32) -> Result<TcBpfDataPlane> {
+pub(crate) fn bpf_plane(ns: &Ns, iface: &str, max_flows: u32) -> Result<TcBpfDataPlane> {
     Ok(TcBpfDataPlane::open(TcBpfConfig {
         interfaces: vec![iface.to_owned()],
         netns: Some(ns.path()),
@@ -487,14 +495,14 @@ fn bpf_plane(ns: &Ns, iface: &str, max_flows: u32) -> Result<TcBpfDataPlane> {
 }
 
 /// CPU time counters read from /proc, in USER_HZ ticks.
-struct CpuSnapshot {
-    ksoftirqd: u64,
-    busy: u64,
-    softirq: u64,
+pub(crate) struct CpuSnapshot {
+    pub(crate) ksoftirqd: u64,
+    pub(crate) busy: u64,
+    pub(crate) softirq: u64,
 }
 
 impl CpuSnapshot {
-    fn take(softirqd: &[u32]) -> CpuSnapshot {
+    pub(crate) fn take(softirqd: &[u32]) -> CpuSnapshot {
         let ksoftirqd = softirqd.iter().map(|pid| task_ticks(*pid)).sum();
         // cpu  user nice system idle iowait irq softirq steal ...
         let stat = read_trimmed("/proc/stat");
@@ -517,19 +525,25 @@ impl CpuSnapshot {
 }
 
 /// utime + stime of a task, in ticks (0 if it is gone).
-fn task_ticks(pid: u32) -> u64 {
+pub(crate) fn task_ticks(pid: u32) -> u64 {
+    let (user, system) = task_times(pid);
+    user + system
+}
+
+/// utime and stime of a task, in ticks ((0, 0) if it is gone).
+pub(crate) fn task_times(pid: u32) -> (u64, u64) {
     let stat = read_trimmed(&format!("/proc/{pid}/stat"));
     // The command may hold spaces and parentheses: fields count from the last ')'.
     let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0;
+        return (0, 0);
     };
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After the command: state(0) ... utime(11) stime(12).
     let n = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-    n(11) + n(12)
+    (n(11), n(12))
 }
 
-fn ksoftirqd_threads() -> Vec<u32> {
+pub(crate) fn ksoftirqd_threads() -> Vec<u32> {
     let mut pids = Vec::new();
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for entry in dir.flatten() {
@@ -544,13 +558,13 @@ fn ksoftirqd_threads() -> Vec<u32> {
     pids
 }
 
-fn read_trimmed(path: &str) -> String {
+pub(crate) fn read_trimmed(path: &str) -> String {
     std::fs::read_to_string(path)
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()
 }
 
-fn iperf3_version() -> String {
+pub(crate) fn iperf3_version() -> String {
     std::process::Command::new("iperf3")
         .arg("--version")
         .output()
@@ -566,7 +580,7 @@ fn iperf3_version() -> String {
 
 /// Flow `i` of an install batch: distinct original and current local addresses (up to
 /// 2^20 flows), one remote.
-fn batch_flow(i: usize) -> (Tuple, Tuple) {
+pub(crate) fn batch_flow(i: usize) -> (Tuple, Tuple) {
     let remote = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 200, 0, 1)), 443);
     let port = 20000 + (i % 30000) as u16;
     let o = Ipv4Addr::from(0x0a10_0000u32 + i as u32);
@@ -577,7 +591,7 @@ fn batch_flow(i: usize) -> (Tuple, Tuple) {
     )
 }
 
-fn install_latency(net: &Net, plane: Plane, n: usize) -> Result<Install> {
+pub(crate) fn install_latency(net: &Net, plane: Plane, n: usize) -> Result<Install> {
     if n == 0 || n > 1 << 20 {
         bail!("install batches of 1 to 2^20 flows");
     }
@@ -631,15 +645,21 @@ fn install_latency(net: &Net, plane: Plane, n: usize) -> Result<Install> {
     })
 }
 
-/// What the install benchmark needs of a plane.
-trait Batch {
+/// What the install benchmark (and `roam bench scale`) needs of a plane.
+pub(crate) trait Batch {
     fn apply(&mut self, cmds: &[DataPlaneCommand]) -> Result<()>;
+    /// Packets translated so far: (egress, ingress).
+    fn translated(&self) -> Result<(u64, u64)>;
     fn close(self: Box<Self>) -> Result<()>;
 }
 
 impl Batch for NftDataPlane {
     fn apply(&mut self, cmds: &[DataPlaneCommand]) -> Result<()> {
         Ok(self.apply_batch(cmds)?)
+    }
+    fn translated(&self) -> Result<(u64, u64)> {
+        let c = self.counters()?;
+        Ok((c.egress_translated.packets, c.ingress_translated.packets))
     }
     fn close(self: Box<Self>) -> Result<()> {
         Ok(NftDataPlane::close(*self)?)
@@ -650,35 +670,17 @@ impl Batch for TcBpfDataPlane {
     fn apply(&mut self, cmds: &[DataPlaneCommand]) -> Result<()> {
         Ok(self.apply_batch(cmds)?)
     }
+    fn translated(&self) -> Result<(u64, u64)> {
+        let c = self.counters()?;
+        Ok((c.egress_translated.packets, c.ingress_translated.packets))
+    }
     fn close(self: Box<Self>) -> Result<()> {
         Ok(TcBpfDataPlane::close(*self)?)
     }
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let m = s.len() / 2;
-    if s.len() % 2 == 1 {
-        s[m]
-    } else {
-        (s[m - 1] + s[m]) / 2.0
-    }
-}
-
-fn min(v: &[f64]) -> f64 {
-    v.iter().copied().fold(f64::INFINITY, f64::min)
-}
-
-fn max(v: &[f64]) -> f64 {
-    v.iter().copied().fold(f64::NEG_INFINITY, f64::max)
 }
 
 fn summarise(runs: &[Run]) -> Vec<Summary> {

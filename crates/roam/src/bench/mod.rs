@@ -1,16 +1,26 @@
-//! `roam bench`: measurements that decide how roam is built, run on this machine's
-//! kernel. Each part is a subcommand; `dataplane` compares the kernel data planes
-//! (docs/BENCHMARKS.md).
+//! `roam bench`: measurements that decide how roam is built and show how it compares,
+//! run on this machine's kernel (docs/BENCHMARKS.md). With no subcommand every section
+//! runs in one invocation ([`all`]); each part is also a subcommand of its own.
 
 use anyhow::Result;
 
+pub mod all;
 pub mod dataplane;
+pub mod handover;
+pub mod plot;
+pub mod scale;
 pub mod sim;
+mod stats;
+pub mod steady;
+pub mod systems;
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
     #[command(subcommand)]
-    pub what: BenchCommand,
+    pub what: Option<BenchCommand>,
+    #[command(flatten)]
+    pub all: all::Args,
 }
 
 #[derive(clap::Subcommand)]
@@ -21,12 +31,17 @@ pub enum BenchCommand {
     /// The simulator's speed on the built-in scenarios: scenarios per second and
     /// virtual seconds per wall second, each run checked to replay exactly.
     Sim(sim::Args),
+    /// Many migrated flows (root): install latency, throughput with them installed,
+    /// control-plane cost per move, roamd's memory per flow.
+    Scale(scale::Args),
 }
 
 /// `Ok(true)`: the measurement ran and every check in it held.
 pub fn run(args: BenchArgs) -> Result<bool> {
     match args.what {
-        BenchCommand::Dataplane(a) => dataplane::run(a),
-        BenchCommand::Sim(a) => sim::run(a),
+        None => all::run(args.all),
+        Some(BenchCommand::Dataplane(a)) => dataplane::run(a),
+        Some(BenchCommand::Sim(a)) => sim::run(a),
+        Some(BenchCommand::Scale(a)) => scale::run(a),
     }
 }

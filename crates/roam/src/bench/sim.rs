@@ -36,6 +36,13 @@ use anyhow::{Context, Result};
 use roam_sim::{Family, RunOptions, Scenario, builtin};
 use serde::Serialize;
 
+use super::stats;
+
+/// The median, 0 for no values (a scenario that failed has no wall times).
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() { 0.0 } else { stats::median(v) }
+}
+
 /// The scenario every ratio is relative to (see the module comment).
 const BASELINE: &str = "demo";
 
@@ -205,10 +212,21 @@ fn comparable(report: &roam_sim::Report) -> Result<serde_json::Value> {
 
 pub fn run(args: Args) -> Result<bool> {
     let rounds = if args.quick { 1 } else { args.rounds };
+    let report = measure(rounds, args.seed, args.quick)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(report.ok)
+}
+
+/// Runs every built-in scenario once untimed, then `rounds` timed rounds.
+pub fn measure(rounds: u64, seed: u64, quick: bool) -> Result<Report> {
     let mut cases = Vec::new();
     for sc in builtin::all() {
         let sc = sc.context("a built-in scenario does not parse")?;
-        cases.push(Case::new(sc, args.seed));
+        cases.push(Case::new(sc, seed));
     }
     for c in &mut cases {
         c.run_once();
@@ -220,16 +238,10 @@ pub fn run(args: Args) -> Result<bool> {
             }
         }
     }
-    let report = summarise(&cases, &args, rounds);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", render(&report));
-    }
-    Ok(report.ok)
+    Ok(summarise(&cases, seed, quick, rounds))
 }
 
-fn summarise(cases: &[Case], args: &Args, rounds: u64) -> Report {
+fn summarise(cases: &[Case], seed: u64, quick: bool, rounds: u64) -> Report {
     let mut scenarios: Vec<ScenarioRun> = cases
         .iter()
         .map(|c| {
@@ -315,9 +327,9 @@ fn summarise(cases: &[Case], args: &Args, rounds: u64) -> Report {
     Report {
         baseline: BASELINE,
         baseline_why: BASELINE_WHY,
-        seed: args.seed,
+        seed,
         rounds,
-        quick: args.quick,
+        quick,
         debug_build: cfg!(debug_assertions),
         scenarios,
         total,
@@ -326,7 +338,7 @@ fn summarise(cases: &[Case], args: &Args, rounds: u64) -> Report {
     }
 }
 
-fn render(r: &Report) -> String {
+pub fn render(r: &Report) -> String {
     let mut s = String::new();
     let build = if r.debug_build {
         "debug build"
@@ -402,23 +414,9 @@ fn render(r: &Report) -> String {
     s
 }
 
-fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{Case, median};
+    use super::Case;
 
     #[test]
     fn a_run_that_differs_from_the_warm_up_is_caught() {
@@ -433,12 +431,5 @@ mod tests {
         assert!(c.run_once().is_some());
         assert!(!c.deterministic);
         assert!(c.error.is_none());
-    }
-
-    #[test]
-    fn median_of_odd_and_even_counts() {
-        assert_eq!(median(&[]), 0.0);
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
     }
 }
