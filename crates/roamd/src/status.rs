@@ -302,9 +302,13 @@ impl Status {
     /// one, never half of one.
     pub fn write_to(&self, path: &Path) -> std::io::Result<()> {
         let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
+        // Buffered: serde_json writes token by token, and unbuffered that was a write(2)
+        // per token, some 6 MB of them a second with 10,000 flows (`roam bench scale`
+        // found roamd's loop spending most of its time there).
+        let mut f = std::io::BufWriter::with_capacity(64 << 10, std::fs::File::create(&tmp)?);
         serde_json::to_writer_pretty(&mut f, self)?;
         f.write_all(b"\n")?;
+        let f = f.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     }
