@@ -3,34 +3,15 @@
 //! thousand seeded mutations of it (a poor man's fuzzer: bit flips, byte writes,
 //! truncation, another table selector), deterministic so that a failure reproduces.
 
-use std::path::Path;
+#[path = "../../roam-wire/tests/support/corpus.rs"]
+mod corpus;
 
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 
-fn corpus() -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/rewrite");
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-        .expect("the rewrite corpus is committed")
-        .map(|entry| {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            (name, std::fs::read(&path).unwrap())
-        })
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= 20,
-        "only {} corpus files in {}",
-        files.len(),
-        dir.display()
-    );
-    files
-}
-
 #[test]
 fn every_rewrite_corpus_input_keeps_the_fuzz_invariants() {
-    for (name, data) in corpus() {
+    for (name, data) in corpus::at_least("rewrite", 20) {
         let r = std::panic::catch_unwind(|| roam_core::fuzzing::rewrite(&data));
         assert!(r.is_ok(), "corpus file {name} breaks an invariant");
     }
@@ -38,7 +19,7 @@ fn every_rewrite_corpus_input_keeps_the_fuzz_invariants() {
 
 #[test]
 fn seeded_mutations_of_the_corpus_keep_the_fuzz_invariants() {
-    let files = corpus();
+    let files = corpus::at_least("rewrite", 20);
     let mut rng = ChaCha8Rng::seed_from_u64(0x726f_616d);
     // `ROAM_FUZZ_MUTATIONS=10000000 cargo test ...` for a longer run.
     let n: u64 = std::env::var("ROAM_FUZZ_MUTATIONS")

@@ -7,7 +7,10 @@
 //! `ROAM_WRITE_CORPUS=1 cargo test -p roam-core --test fuzz_secure` writes them again
 //! after a deliberate change. Without that variable nothing is written.
 
-use std::path::{Path, PathBuf};
+#[path = "../../roam-wire/tests/support/corpus.rs"]
+mod corpus;
+
+use std::path::PathBuf;
 
 use proptest::prelude::*;
 use rand_chacha::ChaCha8Rng;
@@ -19,7 +22,7 @@ use roam_core::security::{Initiator, Responder, Session, StaticKey};
 use roam_wire::{Extension, Frame, Header, Message, MessageType, Migration, NodeId, ProtoFlags};
 
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/secure")
+    corpus::dir("secure")
 }
 
 fn with_mode(mode: u8, bytes: &[u8]) -> Vec<u8> {
@@ -100,21 +103,6 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
     out
 }
 
-fn corpus() -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir())
-        .expect("the secure corpus is committed")
-        .map(|e| {
-            let p = e.unwrap().path();
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                std::fs::read(&p).unwrap(),
-            )
-        })
-        .collect();
-    files.sort();
-    files
-}
-
 #[test]
 fn the_corpus_seeds_are_current() {
     if std::env::var_os("ROAM_WRITE_CORPUS").is_some() {
@@ -173,7 +161,7 @@ fn the_valid_seeds_reach_the_success_paths() {
 
 #[test]
 fn every_corpus_input_keeps_the_invariants() {
-    let files = corpus();
+    let files = corpus::files("secure");
     assert!(files.len() >= 8, "only {} files", files.len());
     for (name, data) in files {
         let r = std::panic::catch_unwind(|| secure(&data));
@@ -183,7 +171,7 @@ fn every_corpus_input_keeps_the_invariants() {
 
 #[test]
 fn seeded_mutations_of_the_corpus_keep_the_invariants() {
-    let files = corpus();
+    let files = corpus::files("secure");
     let mut rng = ChaCha8Rng::seed_from_u64(0x7365_6375_7265);
     let n: u64 = std::env::var("ROAM_FUZZ_MUTATIONS")
         .ok()

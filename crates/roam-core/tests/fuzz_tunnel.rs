@@ -4,38 +4,20 @@
 //! built from random valid packets with every table and outer-address choice, so that
 //! stable CI checks the invariants (see `roam_core::fuzzing::tunnel_unwrap`).
 
+#[path = "../../roam-wire/tests/support/corpus.rs"]
+mod corpus;
+
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use etherparse::PacketBuilder;
 use proptest::prelude::*;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 
-fn corpus() -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/tunnel_unwrap");
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-        .expect("the tunnel_unwrap corpus is committed")
-        .map(|entry| {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            (name, std::fs::read(&path).unwrap())
-        })
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= 20,
-        "only {} corpus files in {}",
-        files.len(),
-        dir.display()
-    );
-    files
-}
-
 #[test]
 fn every_tunnel_corpus_input_keeps_the_fuzz_invariants() {
     let mut seen = BTreeMap::new();
-    for (name, data) in corpus() {
+    for (name, data) in corpus::at_least("tunnel_unwrap", 20) {
         let r = std::panic::catch_unwind(|| roam_core::fuzzing::tunnel_unwrap(&data));
         let Ok(outcome) = r else {
             panic!("corpus file {name} breaks an invariant");
@@ -70,7 +52,7 @@ fn every_tunnel_corpus_input_keeps_the_fuzz_invariants() {
 
 #[test]
 fn seeded_mutations_of_the_tunnel_corpus_keep_the_fuzz_invariants() {
-    let files = corpus();
+    let files = corpus::at_least("tunnel_unwrap", 20);
     let mut rng = ChaCha8Rng::seed_from_u64(0x7475_6e6e);
     // `ROAM_FUZZ_MUTATIONS=10000000 cargo test ...` for a longer run.
     let n: u64 = std::env::var("ROAM_FUZZ_MUTATIONS")

@@ -582,6 +582,35 @@ impl Ns {
         })?
     }
 
+    /// Polls `ss` until something in this namespace listens on TCP `port` (a TCP or a
+    /// Multipath TCP listener: `ss -t` or `ss -M`), bounded by `within`; an early exit
+    /// of `server` is an error carrying what it printed.
+    pub fn wait_listening(&self, port: u16, server: &Child, within: Duration) -> Result<(), LabError> {
+        let deadline = Instant::now() + within;
+        let filter = format!("sport = :{port}");
+        loop {
+            for kind in ["-Hltn", "-HlMn"] {
+                if !self.exec(&["ss", kind, &filter])?.stdout.trim().is_empty() {
+                    return Ok(());
+                }
+            }
+            if let Some(status) = server.try_wait()? {
+                return Err(LabError::Invalid(format!(
+                    "{} exited ({status}) before listening: {}",
+                    server.command(),
+                    server.stdout().trim()
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(LabError::Invalid(format!(
+                    "nothing listens on port {port} within {within:?} of `{}`",
+                    server.command()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Reads one sysctl of this namespace.
     pub fn sysctl_get(&self, key: &str) -> Result<String, LabError> {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));

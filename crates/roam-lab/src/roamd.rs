@@ -26,6 +26,9 @@ pub struct RoamdConfig {
     pub nudge: bool,
     /// `data_plane` as roamd's configuration file names it.
     pub data_plane: String,
+    /// `move_message` as the configuration names it ("connection-update",
+    /// "migration-request", "address-change"); `None`: roamd's default.
+    pub move_message: Option<String>,
 }
 
 impl Roamds {
@@ -85,6 +88,9 @@ impl Roamds {
                 "\n[daemon]\nnudge = {}\ndata_plane = \"{}\"\n",
                 config.nudge, config.data_plane
             ));
+            if let Some(m) = &config.move_message {
+                text.push_str(&format!("move_message = \"{m}\"\n"));
+            }
             std::fs::write(self.host_dir(host).join("roam.toml"), text)
                 .map_err(|e| LabError::io("writing a configuration", e))?;
         }

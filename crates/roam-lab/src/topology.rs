@@ -100,8 +100,8 @@ pub const ADDRESSES: Addresses = Addresses {
 };
 
 /// Prefix lengths of every lab subnet.
-pub const PREFIX_V4: u8 = 24;
-pub const PREFIX_V6: u8 = 64;
+const PREFIX_V4: u8 = 24;
+const PREFIX_V6: u8 = 64;
 
 /// A's access subnets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,6 +141,35 @@ impl Subnet {
             Subnet::One => ADDRESSES.router_subnet1,
             Subnet::Two => ADDRESSES.router_subnet2,
         }
+    }
+
+    /// `ip -batch` lines that give A its addresses on this subnet (both families, no
+    /// DAD: usable at once).
+    pub fn add_addresses(self) -> String {
+        let (a, dev) = (self.a(), self.interface());
+        format!(
+            "addr add {}/{PREFIX_V4} dev {dev}\naddr add {}/{PREFIX_V6} dev {dev} nodad\n",
+            a.v4, a.v6
+        )
+    }
+
+    /// `ip -batch` lines that take A's addresses on this subnet away.
+    pub fn remove_addresses(self) -> String {
+        let (a, dev) = (self.a(), self.interface());
+        format!(
+            "addr del {}/{PREFIX_V4} dev {dev}\naddr del {}/{PREFIX_V6} dev {dev}\n",
+            a.v4, a.v6
+        )
+    }
+
+    /// `ip -batch` lines that point A's default routes (both families) at R on this
+    /// subnet.
+    pub fn default_routes(self) -> String {
+        let (gw, dev) = (self.router(), self.interface());
+        format!(
+            "route replace default via {} dev {dev}\nroute replace default via {} dev {dev}\n",
+            gw.v4, gw.v6
+        )
     }
 }
 
@@ -488,23 +517,12 @@ impl Topology {
         if *current != from {
             return Err(LabError::Invalid(format!("A is on {:?}, not {from:?}", *current)));
         }
-        let (old, new, gateway) = (from.a(), to.a(), to.router());
-        let (old_if, new_if) = (from.interface(), to.interface());
         let started = SystemTime::now();
-        self.a.ip_batch(&format!(
-            "addr del {}/{PREFIX_V4} dev {old_if}\naddr del {}/{PREFIX_V6} dev {old_if}\n",
-            old.v4, old.v6
-        ))?;
+        self.a.ip_batch(&from.remove_addresses())?;
         let old_removed = SystemTime::now();
-        self.a.ip_batch(&format!(
-            "addr add {}/{PREFIX_V4} dev {new_if}\naddr add {}/{PREFIX_V6} dev {new_if} nodad\n",
-            new.v4, new.v6
-        ))?;
+        self.a.ip_batch(&to.add_addresses())?;
         let new_added = SystemTime::now();
-        self.a.ip_batch(&format!(
-            "route replace default via {} dev {new_if}\nroute replace default via {} dev {new_if}\n",
-            gateway.v4, gateway.v6
-        ))?;
+        self.a.ip_batch(&to.default_routes())?;
         let routes_replaced = SystemTime::now();
         *current = to;
         Ok(MoveTimes {

@@ -285,6 +285,64 @@ pub struct SourceReport {
     pub local: Option<SocketAddr>,
 }
 
+/// How a stream stopped by [`end_stream`] ended.
+#[derive(Clone, Debug)]
+pub struct StreamEnd {
+    /// What the source reported; `Err`: its connection failed under it (a reset), so
+    /// what it sent is not known byte for byte.
+    pub sent: Result<SourceReport, String>,
+    /// Bytes the source had handed to its kernel when it was stopped.
+    pub handed: u64,
+    pub got: SinkReport,
+}
+
+impl StreamEnd {
+    /// Every byte sent arrived, the same bytes, and the sink saw the end.
+    pub fn intact(&self) -> bool {
+        self.sent.as_ref().is_ok_and(|s| {
+            self.got.completed && s.bytes > 0 && self.got.bytes == s.bytes && self.got.sha256 == s.sha256
+        })
+    }
+
+    /// Bytes handed to the kernel that never arrived.
+    pub fn lost(&self) -> u64 {
+        let sent = self.sent.as_ref().map_or(self.handed, |s| s.bytes);
+        sent.saturating_sub(self.got.bytes)
+    }
+}
+
+/// Stops an open-ended stream: the source stops writing and shuts down, and the sink is
+/// given up to `drain` to receive the rest (a live stream delivers it within a few
+/// round trips, then the FIN; a dead one never does, and is not waited for past this).
+pub fn end_stream(sink: TcpSink, source: TcpSource, drain: Duration) -> Result<StreamEnd, LabError> {
+    let handed = source.sent();
+    let sent = match source.stop() {
+        Ok(s) => s,
+        Err(e) => {
+            let got = sink.stop()?;
+            return Ok(StreamEnd {
+                sent: Err(e.to_string()),
+                handed,
+                got,
+            });
+        }
+    };
+    let until = Instant::now() + drain;
+    while sink.received() < sent.bytes && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let got = if sink.received() >= sent.bytes {
+        sink.join()?
+    } else {
+        sink.stop()?
+    };
+    Ok(StreamEnd {
+        sent: Ok(sent),
+        handed,
+        got,
+    })
+}
+
 /// Connects and writes `bytes` of a seeded pattern, then shuts down its write side.
 #[derive(Debug)]
 pub struct TcpSource {
@@ -672,12 +730,7 @@ impl RrServerReport {
 /// bytes, on every connection it accepts (each on its own thread), until stopped or its
 /// deadline.
 #[derive(Debug)]
-pub struct RrServer {
-    local: SocketAddr,
-    transactions: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: NsThread<Result<RrServerReport, LabError>>,
-}
+pub struct RrServer(RrWorker<RrServerReport>);
 
 impl RrServer {
     /// Listens on `listen` inside `ns` with a socket of `protocol` (0: TCP,
@@ -706,37 +759,26 @@ impl RrServer {
         let local = listener
             .local_addr()
             .map_err(|e| LabError::io("getsockname", e))?;
-        let transactions = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (transactions, stop) = (transactions.clone(), stop.clone());
-            let shape = (request_len, response_len);
-            ns.spawn_thread("rr server", move || {
-                rr_serve(&listener, shape, until, &transactions, &stop)
-                    .map_err(|e| LabError::io(format!("rr server on {local}"), e))
-            })?
-        };
-        Ok(RrServer {
-            local,
-            transactions,
-            stop,
-            thread,
+        let shape = (request_len, response_len);
+        RrWorker::spawn(ns, "rr server", local, move |transactions, stop| {
+            rr_serve(&listener, shape, until, &transactions, &stop)
+                .map_err(|e| LabError::io(format!("rr server on {local}"), e))
         })
+        .map(RrServer)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.local
+        self.0.local
     }
 
     /// Requests answered so far, over all connections.
     pub fn transactions(&self) -> u64 {
-        self.transactions.load(Ordering::Relaxed)
+        self.0.transactions()
     }
 
     /// Stops accepting and answering, and reports (within a few ticks).
     pub fn stop(self) -> Result<RrServerReport, LabError> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join()?
+        self.0.stop()
     }
 }
 
@@ -922,11 +964,48 @@ pub struct RrReport {
 /// reads the whole answer and checks it against [`rr_response`], and goes on at once,
 /// until stopped or its deadline.
 #[derive(Debug)]
-pub struct RrClient {
+pub struct RrClient(RrWorker<RrReport>);
+
+/// Either end of the request/response workload: a thread in a namespace that counts
+/// transactions and stops when asked.
+#[derive(Debug)]
+struct RrWorker<R> {
     local: SocketAddr,
     transactions: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
-    thread: NsThread<Result<RrReport, LabError>>,
+    thread: NsThread<Result<R, LabError>>,
+}
+
+impl<R: Send + 'static> RrWorker<R> {
+    /// Runs `work(transactions, stop)` on a thread named `name` inside `ns`.
+    fn spawn(
+        ns: &Ns,
+        name: &str,
+        local: SocketAddr,
+        work: impl FnOnce(Arc<AtomicU64>, Arc<AtomicBool>) -> Result<R, LabError> + Send + 'static,
+    ) -> Result<RrWorker<R>, LabError> {
+        let transactions = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (transactions, stop) = (transactions.clone(), stop.clone());
+            ns.spawn_thread(name, move || work(transactions, stop))?
+        };
+        Ok(RrWorker {
+            local,
+            transactions,
+            stop,
+            thread,
+        })
+    }
+
+    fn transactions(&self) -> u64 {
+        self.transactions.load(Ordering::Relaxed)
+    }
+
+    fn stop(self) -> Result<R, LabError> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join()?
+    }
 }
 
 impl RrClient {
@@ -953,50 +1032,39 @@ impl RrClient {
             .run(|| connect_stream(to, protocol, connect_for))?
             .map_err(|e| LabError::io(format!("connecting to {to}"), e))?;
         let local = stream.local_addr().map_err(|e| LabError::io("getsockname", e))?;
-        let transactions = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (transactions, stop) = (transactions.clone(), stop.clone());
-            ns.spawn_thread("rr client", move || {
-                let over = || stop.load(Ordering::Relaxed) || Instant::now() >= until;
-                rr_ask(
-                    stream,
-                    local,
-                    (request_len, response_len),
-                    seed,
-                    &over,
-                    &transactions,
-                )
-                .map_err(|e| LabError::io(format!("rr client to {to}"), e))
-            })?
-        };
-        Ok(RrClient {
-            local,
-            transactions,
-            stop,
-            thread,
+        RrWorker::spawn(ns, "rr client", local, move |transactions, stop| {
+            let over = || stop.load(Ordering::Relaxed) || Instant::now() >= until;
+            rr_ask(
+                stream,
+                local,
+                (request_len, response_len),
+                seed,
+                &over,
+                &transactions,
+            )
+            .map_err(|e| LabError::io(format!("rr client to {to}"), e))
         })
+        .map(RrClient)
     }
 
     /// The socket's address when it connected.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local
+        self.0.local
     }
 
     /// Transactions completed so far (right answers only).
     pub fn transactions(&self) -> u64 {
-        self.transactions.load(Ordering::Relaxed)
+        self.0.transactions()
     }
 
     /// Whether the client has ended on its own (an error, or its deadline).
     pub fn is_finished(&self) -> bool {
-        self.thread.is_finished()
+        self.0.thread.is_finished()
     }
 
     /// Stops (within a tick; a transaction in progress is dropped) and reports.
     pub fn stop(self) -> Result<RrReport, LabError> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join()?
+        self.0.stop()
     }
 }
 

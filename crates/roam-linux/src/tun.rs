@@ -529,28 +529,58 @@ impl Shared {
         }
     }
 
-    /// Tunnel mode's ingress: reads up to [`BURST`] datagrams from a tunnel socket,
-    /// unwraps them under one lock (the packet logic checks each against the table),
-    /// and writes the inner packets into `roam0` with the lock released.
-    fn tunnel_burst(&self, sock: &Socket, buf: &mut [u8], b: &mut Burst) {
+    /// Reads up to [`BURST`] packets into `b.read` with `read_one`, which gives a
+    /// packet's length (and, from a tunnel socket, its outer addresses) or `None` when
+    /// nothing is left; `what` names the source in the log.
+    fn fill(
+        &self,
+        b: &mut Burst,
+        buf: &mut [u8],
+        what: &str,
+        mut read_one: impl FnMut(&mut [u8]) -> io::Result<Option<(usize, Option<(IpAddr, IpAddr)>)>>,
+    ) {
         for _ in 0..BURST {
-            match recv_datagram(sock, buf) {
-                Ok((n, src, dst)) => {
+            match read_one(buf) {
+                Ok(None) => break,
+                Ok(Some((n, outer))) => {
                     let mut pkt = b.spare.pop().unwrap_or_default();
                     pkt.clear();
                     pkt.extend_from_slice(&buf[..n]);
                     b.read.push(pkt);
-                    b.outer.push((src, dst));
+                    b.outer.extend(outer);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     bump(&self.stats.read_errors);
-                    debug!("reading a tunnel socket: {e}");
+                    debug!("reading {what}: {e}");
                     break;
                 }
             }
         }
+    }
+
+    /// Writes what the logic sent to the stack and to the wire, with the lock released,
+    /// and keeps the buffers for the next burst.
+    fn flush(&self, b: &mut Burst) {
+        for pkt in b.to_stack.drain(..) {
+            self.write_stack(&pkt);
+            recycle(&mut b.spare, pkt);
+        }
+        for pkt in b.to_wire.drain(..) {
+            self.send_wire(&pkt);
+            recycle(&mut b.spare, pkt);
+        }
+    }
+
+    /// Tunnel mode's ingress: reads up to [`BURST`] datagrams from a tunnel socket,
+    /// unwraps them under one lock (the packet logic checks each against the table),
+    /// and writes the inner packets into `roam0` with the lock released.
+    fn tunnel_burst(&self, sock: &Socket, buf: &mut [u8], b: &mut Burst) {
+        // An empty datagram is read too (the logic counts it as a refusal).
+        self.fill(b, buf, "a tunnel socket", |buf| {
+            recv_datagram(sock, buf).map(|(n, src, dst)| Some((n, Some((src, dst)))))
+        });
         if b.read.is_empty() {
             return;
         }
@@ -568,14 +598,7 @@ impl Shared {
                 }
             }
         }
-        for pkt in b.to_stack.drain(..) {
-            self.write_stack(&pkt);
-            recycle(&mut b.spare, pkt);
-        }
-        for pkt in b.to_wire.drain(..) {
-            self.send_wire(&pkt);
-            recycle(&mut b.spare, pkt);
-        }
+        self.flush(b);
     }
 
     /// Reads up to [`BURST`] packets from one device, pushes them through the packet
@@ -584,24 +607,9 @@ impl Shared {
     /// translated flow's packets, by the rule that routed them into `roam0`; ingress:
     /// packets diverted by tc (they matched a current tuple).
     fn burst(&self, mut dev: &File, direction: Direction, buf: &mut [u8], b: &mut Burst) {
-        for _ in 0..BURST {
-            match dev.read(buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    let mut pkt = b.spare.pop().unwrap_or_default();
-                    pkt.clear();
-                    pkt.extend_from_slice(&buf[..n]);
-                    b.read.push(pkt);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    bump(&self.stats.read_errors);
-                    debug!("reading a TUN device: {e}");
-                    break;
-                }
-            }
-        }
+        self.fill(b, buf, "a TUN device", |buf| {
+            dev.read(buf).map(|n| (n > 0).then_some((n, None)))
+        });
         if b.read.is_empty() {
             return;
         }
@@ -635,14 +643,7 @@ impl Shared {
         for t in b.conflicts.drain(..) {
             self.conflict(conflict, t);
         }
-        for pkt in b.to_stack.drain(..) {
-            self.write_stack(&pkt);
-            recycle(&mut b.spare, pkt);
-        }
-        for pkt in b.to_wire.drain(..) {
-            self.send_wire(&pkt);
-            recycle(&mut b.spare, pkt);
-        }
+        self.flush(b);
     }
 }
 

@@ -15,22 +15,9 @@ use std::time::Duration;
 
 use common_nft::*;
 use etherparse::{Icmpv4Type, Icmpv6Type, PacketBuilder, icmpv4};
-use roam_linux::nft::{NftConfig, NftDataPlane};
+use roam_linux::nft::NftDataPlane;
 use roam_linux::nudge::NUDGE_MARK;
 use socket2::{Domain, SockAddr, Socket, Type};
-
-fn plane(ns: &Netns, relay: bool) -> NftDataPlane {
-    NftDataPlane::open_with(NftConfig {
-        netns: Some(ns.path()),
-        icmp_group: if relay {
-            NftConfig::default().icmp_group
-        } else {
-            None
-        },
-        ..NftConfig::default()
-    })
-    .expect("open the nftables data plane")
-}
 
 /// Two hosts with nftables planes (relays on or off) and a UDP flow X -> Y that X moved
 /// (the old path cut); `None` without network namespaces.
@@ -38,7 +25,7 @@ fn moved_udp_flow(a: Addrs, relay: bool) -> Option<(TwoPlanes<NftDataPlane>, Udp
     if !netns_available() {
         return None;
     }
-    let mut t = TwoPlanes::on(Lab::new(a), |ns, _| plane(ns, relay));
+    let mut t = TwoPlanes::on(Lab::new(a), |ns, _| ns.plane_with_relay(relay));
     let u = UdpFlow::open(&t.lab, 41000);
     t.move_x(u.original, u.current, OldPath::Cut);
     Some((t, u))

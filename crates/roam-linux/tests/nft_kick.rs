@@ -20,24 +20,10 @@ use std::time::{Duration, Instant, SystemTime};
 use common_nft::*;
 use roam_core::DataPlaneCommand;
 use roam_core::translate::Protocol;
-use roam_linux::nft::{NftConfig, NftDataPlane};
 use roam_linux::sockdiag::TcpInfoQuery;
 use sha2::{Digest, Sha256};
 use socket2::{Domain, Socket, Type};
 use support::wait_for;
-
-fn plane(ns: &Netns, relay: bool) -> NftDataPlane {
-    NftDataPlane::open_with(NftConfig {
-        netns: Some(ns.path()),
-        icmp_group: if relay {
-            NftConfig::default().icmp_group
-        } else {
-            None
-        },
-        ..NftConfig::default()
-    })
-    .expect("open the nftables data plane")
-}
 
 /// `getsockopt(TCP_INFO)` of a socket of this process.
 fn tcp_info(s: &TcpStream) -> libc::tcp_info {
@@ -231,7 +217,7 @@ fn y_to_x_after_a_move(a: Addrs, kick: bool) -> Option<Outcome> {
     let host = if a.x1.is_ipv6() { 128 } else { 32 };
     lab.y
         .ip(&format!("route add {}/{host} dev {} rto_min 3s", a.x1, lab.y_if));
-    let (mut px, mut py) = (plane(&lab.x, kick), plane(&lab.y, kick));
+    let (mut px, mut py) = (lab.x.plane_with_relay(kick), lab.y.plane_with_relay(kick));
     let (x, y) = (sa(a.x1, 40000), sa(a.y, 5001));
     let flow = YToX::start(&lab, x, y);
     wait_for(Duration::from_secs(10), "4 MiB at X", || {

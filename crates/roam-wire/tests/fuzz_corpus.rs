@@ -10,8 +10,11 @@
 //! writes them again after a deliberate format change. Without that variable nothing
 //! is written.
 
+#[path = "support/corpus.rs"]
+mod corpus;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use roam_wire::{
     Capabilities, DecodeError, Extension, Frame, Header, Locator, LocatorRole, Message, MessageType,
@@ -19,7 +22,7 @@ use roam_wire::{
 };
 
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/control_decode")
+    corpus::dir("control_decode")
 }
 
 fn sa(s: &str) -> SocketAddr {
@@ -197,22 +200,9 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
     out
 }
 
-fn corpus_files() -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir())
-        .expect("the control_decode corpus is committed")
-        .map(|entry| {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            (name, std::fs::read(&path).unwrap())
-        })
-        .collect();
-    files.sort();
-    files
-}
-
 #[test]
 fn every_control_decode_corpus_input_keeps_the_fuzz_invariants() {
-    let files = corpus_files();
+    let files = corpus::files("control_decode");
     for (_, data) in &files {
         fuzzing::decode(data);
     }
@@ -225,7 +215,7 @@ fn every_control_decode_corpus_input_keeps_the_fuzz_invariants() {
 
 #[test]
 fn the_corpus_seeds_are_what_their_names_say() {
-    let files = corpus_files();
+    let files = corpus::files("control_decode");
     let mut types = std::collections::BTreeSet::new();
     for (name, data) in &files {
         if name.starts_with("valid-") {

@@ -47,7 +47,7 @@ use sha2::{Digest, Sha256};
 
 use super::{MoveReport, Run, StreamReport, end_stream};
 use crate::capture::{CaptureSummary, PacketFilter, Protocol, goodput};
-use crate::netns::{Child, ChildOutput, LabError, Ns};
+use crate::netns::{Child, ChildOutput, LabError};
 use crate::topology::Family;
 use crate::traffic::{Pattern, TcpSink, TcpSource};
 
@@ -496,7 +496,8 @@ impl Iperf3Spec {
             ],
             ChildOutput::Collect,
         )?;
-        wait_listening(run.b(), self.port, &server, Duration::from_secs(10))?;
+        run.b()
+            .wait_listening(self.port, &server, Duration::from_secs(10))?;
         let started = SystemTime::now();
         let client = run.a().spawn(
             &[
@@ -631,33 +632,6 @@ pub(super) fn wait_or_kill(child: Child, within: Duration) -> Result<(Option<Exi
     }
     let out = child.wait_output(Duration::from_secs(2))?;
     Ok((exited, out.stdout))
-}
-
-/// Polls `ss` in `ns` until something listens on TCP `port` (bounded; an early exit of
-/// `server` is an error carrying what it printed).
-pub(super) fn wait_listening(ns: &Ns, port: u16, server: &Child, within: Duration) -> Result<(), LabError> {
-    let deadline = Instant::now() + within;
-    let filter = format!("sport = :{port}");
-    loop {
-        let out = ns.exec(&["ss", "-Hltn", &filter])?;
-        if !out.stdout.trim().is_empty() {
-            return Ok(());
-        }
-        if let Some(status) = server.try_wait()? {
-            return Err(LabError::Invalid(format!(
-                "{} exited ({status}) before listening: {}",
-                server.command(),
-                server.stdout().trim()
-            )));
-        }
-        if Instant::now() >= deadline {
-            return Err(LabError::Invalid(format!(
-                "nothing listens on port {port} within {within:?} of `{}`",
-                server.command()
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Takes roam out of both hosts (`roam down`, then SIGTERM: see `Run::stop_roamd`):

@@ -506,6 +506,7 @@ impl Run {
             &RoamdConfig {
                 nudge: self.options.nudge,
                 data_plane: self.options.data_plane.clone(),
+                move_message: None,
             },
         )?;
         for host in ["a", "b"] {
@@ -792,43 +793,17 @@ pub(super) fn check(run: &mut Run, what: String, expected: impl ToString, observ
 
 /// Stops the stream and waits (bounded) for everything sent to arrive; reports it.
 pub(super) fn end_stream(run: &mut Run, sink: TcpSink, source: TcpSource) -> Result<(), LabError> {
-    let handed = source.sent();
-    let sent = match source.stop() {
-        Ok(s) => s,
-        Err(e) => {
-            // The connection failed under the source (a reset): what it sent is not
-            // known byte for byte, and the stream is broken.
-            let got = sink.stop()?;
-            run.notes.push(format!("the source failed: {e}"));
-            run.streams.push(StreamReport {
-                name: "bulk a->b".into(),
-                bytes_sent: handed,
-                bytes_received: got.bytes,
-                sent_sha256: String::new(),
-                received_sha256: got.sha256,
-                ok: false,
-            });
-            return Ok(());
-        }
-    };
-    // A live stream delivers the rest within a few round trips, then the FIN; a dead one
-    // never does, and is not waited for past this.
-    let until = Instant::now() + Duration::from_secs(10);
-    while sink.received() < sent.bytes && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(20));
+    let end = crate::traffic::end_stream(sink, source, Duration::from_secs(10))?;
+    if let Err(e) = &end.sent {
+        run.notes.push(format!("the source failed: {e}"));
     }
-    let got = if sink.received() >= sent.bytes {
-        sink.join()?
-    } else {
-        sink.stop()?
-    };
     run.streams.push(StreamReport {
         name: "bulk a->b".into(),
-        bytes_sent: sent.bytes,
-        bytes_received: got.bytes,
-        ok: got.completed && sent.bytes > 0 && got.bytes == sent.bytes && got.sha256 == sent.sha256,
-        sent_sha256: sent.sha256,
-        received_sha256: got.sha256,
+        bytes_sent: end.sent.as_ref().map_or(end.handed, |s| s.bytes),
+        bytes_received: end.got.bytes,
+        ok: end.intact(),
+        sent_sha256: end.sent.as_ref().map_or(String::new(), |s| s.sha256.clone()),
+        received_sha256: end.got.sha256.clone(),
     });
     Ok(())
 }

@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::measure::{Plan, check_prefix, find_program, wait_listening, wait_or_kill, write_pattern_file};
+use super::measure::{Plan, check_prefix, find_program, wait_or_kill, write_pattern_file};
 use super::{CheckReport, Run, StreamReport};
 use crate::capture::{PacketFilter, PacketRecord, Protocol, TcpFlags, goodput, handover_gap};
 use crate::netns::{Child, ChildOutput, LabError, Ns, run_checked};
@@ -105,7 +105,7 @@ fn curl_download(
         ],
         ChildOutput::File(run.dir.join("http-server.log")),
     )?;
-    wait_listening(run.b(), PORT_CURL, &server, LISTEN_WAIT)?;
+    run.b().wait_listening(PORT_CURL, &server, LISTEN_WAIT)?;
     let within = transfer_time(run, bytes);
     let started = SystemTime::now();
     let client = run.a().spawn(
@@ -235,7 +235,8 @@ fn ssh_session(
         ],
         ChildOutput::File(dir.join("sshd.log")),
     )?;
-    wait_listening(run.b(), PORT_SSH, &server, LISTEN_WAIT)
+    run.b()
+        .wait_listening(PORT_SSH, &server, LISTEN_WAIT)
         .map_err(|e| LabError::Invalid(format!("{e} (see {})", dir.join("sshd.log").display())))?;
     let within = transfer_time(run, bytes);
     let remote = format!("exec timeout {} cat {}", within.as_secs(), served.display());
@@ -368,7 +369,7 @@ fn socat_exchange(
         ],
         ChildOutput::File(b_log.clone()),
     )?;
-    wait_listening(run.b(), PORT_SOCAT, &server, LISTEN_WAIT)?;
+    run.b().wait_listening(PORT_SOCAT, &server, LISTEN_WAIT)?;
     let started = SystemTime::now();
     let client = run.a().spawn(
         &[

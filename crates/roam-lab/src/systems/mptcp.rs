@@ -35,7 +35,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::{Carrier, IPPROTO_MPTCP};
 use crate::capture::{PacketFilter, Protocol};
 use crate::netns::{DEFAULT_COMMAND_TIMEOUT, LabError, Ns, run_checked};
-use crate::topology::{Family, MoveTimes, PREFIX_V4, PREFIX_V6, Subnet, Topology};
+use crate::topology::{Family, MoveTimes, Subnet, Topology};
 
 /// How A moves from one subnet to the other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -96,22 +96,6 @@ fn endpoint_id(subnet: Subnet, family: Family) -> u8 {
     }
 }
 
-fn add_addresses(subnet: Subnet) -> String {
-    let (a, dev) = (subnet.a(), subnet.interface());
-    format!(
-        "addr add {}/{PREFIX_V4} dev {dev}\naddr add {}/{PREFIX_V6} dev {dev} nodad\n",
-        a.v4, a.v6
-    )
-}
-
-fn remove_addresses(subnet: Subnet) -> String {
-    let (a, dev) = (subnet.a(), subnet.interface());
-    format!(
-        "addr del {}/{PREFIX_V4} dev {dev}\naddr del {}/{PREFIX_V6} dev {dev}\n",
-        a.v4, a.v6
-    )
-}
-
 /// The default routes of `subnet`'s policy table (the kernel drops the IPv4 one with
 /// the address, so every arrival on a subnet puts them back).
 fn table_routes(subnet: Subnet) -> String {
@@ -119,15 +103,6 @@ fn table_routes(subnet: Subnet) -> String {
     format!(
         "route replace default via {} dev {dev} table {t}\n\
          route replace default via {} dev {dev} table {t}\n",
-        gw.v4, gw.v6
-    )
-}
-
-/// The main table's default routes, for new connections (what the lab's move does).
-fn main_routes(subnet: Subnet) -> String {
-    let (gw, dev) = (subnet.router(), subnet.interface());
-    format!(
-        "route replace default via {} dev {dev}\nroute replace default via {} dev {dev}\n",
         gw.v4, gw.v6
     )
 }
@@ -285,7 +260,7 @@ impl Mptcp {
         from: Subnet,
         to: Subnet,
     ) -> Result<MoveTimes, LabError> {
-        self.a.ip_batch(&(add_addresses(to) + &table_routes(to)))?;
+        self.a.ip_batch(&(to.add_addresses() + &table_routes(to)))?;
         let new_added = SystemTime::now();
         let asked = Instant::now();
         self.a.ip_batch(&add_endpoints(to))?;
@@ -299,10 +274,10 @@ impl Mptcp {
         }
         let started = SystemTime::now();
         self.a.ip_batch(&remove_endpoints(from))?;
-        self.a.ip_batch(&remove_addresses(from))?;
+        self.a.ip_batch(&from.remove_addresses())?;
         let old_removed = SystemTime::now();
         topology.record_a_subnet(to);
-        self.a.ip_batch(&main_routes(to))?;
+        self.a.ip_batch(&to.default_routes())?;
         let routes_replaced = SystemTime::now();
         Ok(MoveTimes {
             from,
@@ -327,15 +302,15 @@ impl Mptcp {
         let closing = connections(&self.a)?.iter().filter(|c| c.closing()).count();
         self.closing_at_moves += closing as u32;
         let started = SystemTime::now();
-        self.a.ip_batch(&remove_addresses(from))?;
+        self.a.ip_batch(&from.remove_addresses())?;
         let old_removed = SystemTime::now();
-        self.a.ip_batch(&(remove_endpoints(from) + &add_addresses(to)))?;
+        self.a.ip_batch(&(remove_endpoints(from) + &to.add_addresses()))?;
         let new_added = SystemTime::now();
         topology.record_a_subnet(to);
         // The routes before the endpoints: the path manager sends the MP_JOIN SYN as soon
         // as an endpoint exists, and a SYN that finds no route is not tried again.
         self.a
-            .ip_batch(&(table_routes(to) + &main_routes(to) + &add_endpoints(to)))?;
+            .ip_batch(&(table_routes(to) + &to.default_routes() + &add_endpoints(to)))?;
         let routes_replaced = SystemTime::now();
         Ok(MoveTimes {
             from,

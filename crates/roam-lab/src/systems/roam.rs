@@ -31,6 +31,7 @@ impl Roam {
             &RoamdConfig {
                 nudge: true,
                 data_plane: data_plane.to_owned(),
+                move_message: None,
             },
         )?;
         roamds.spawn(topology.a(), "a")?;

@@ -18,4 +18,19 @@ impl Netns {
         })
         .expect("open the nftables data plane")
     }
+
+    /// A kernel data plane in this namespace, with its ICMP relay (which also carries
+    /// the retransmission kick) on or off.
+    pub fn plane_with_relay(&self, relay: bool) -> NftDataPlane {
+        NftDataPlane::open_with(NftConfig {
+            netns: Some(self.path()),
+            icmp_group: if relay {
+                NftConfig::default().icmp_group
+            } else {
+                None
+            },
+            ..NftConfig::default()
+        })
+        .expect("open the nftables data plane")
+    }
 }

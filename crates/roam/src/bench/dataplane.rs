@@ -302,22 +302,9 @@ impl Net {
                 ChildOutput::Collect,
             )
             .context("starting the iperf3 server")?;
-        self.wait_listening()?;
+        self.b
+            .wait_listening(IPERF_PORT, &server, Duration::from_secs(5))?;
         Ok(server)
-    }
-
-    fn wait_listening(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let out = self.b.exec(&["ss", "-ltnH", &format!("sport = :{IPERF_PORT}")])?;
-            if !out.stdout.trim().is_empty() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("the iperf3 server is not listening after 5 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// The flow iperf3's data connection from `port` is, seen from A: original and

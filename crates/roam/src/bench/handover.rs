@@ -289,28 +289,11 @@ impl Session {
     fn close(self, alive: bool) -> Result<Closed> {
         match self {
             Session::Bulk { sink, source } => {
-                let handed = source.sent();
-                let sent = source.stop();
-                let Ok(sent) = sent.as_ref().map_err(|e| tracing::debug!("source: {e}")) else {
-                    let got = sink.stop()?;
-                    return Ok(Closed {
-                        bytes_lost: handed.saturating_sub(got.bytes),
-                        ..Closed::default()
-                    });
-                };
-                // A live stream delivers the rest within a few round trips, then the FIN.
-                let until = Instant::now() + Duration::from_secs(if alive { 10 } else { 1 });
-                while sink.received() < sent.bytes && Instant::now() < until {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let got = if sink.received() >= sent.bytes {
-                    sink.join()?
-                } else {
-                    sink.stop()?
-                };
+                let drain = Duration::from_secs(if alive { 10 } else { 1 });
+                let end = roam_lab::traffic::end_stream(sink, source, drain)?;
                 Ok(Closed {
-                    bytes_lost: sent.bytes.saturating_sub(got.bytes),
-                    intact: got.bytes == sent.bytes && got.sha256 == sent.sha256,
+                    bytes_lost: end.lost(),
+                    intact: end.intact(),
                     ..Closed::default()
                 })
             }

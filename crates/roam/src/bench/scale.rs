@@ -1164,22 +1164,16 @@ impl Daemons {
         let mut d = Daemons {
             roamds: Roamds::new(dir, binary),
         };
+        let name = serde_json::to_value(message)?;
+        let name = name.as_str().context("a move message's name")?;
         d.roamds.configure(
             &HOSTS,
             &RoamdConfig {
                 nudge: true,
                 data_plane: "nftables".into(),
+                move_message: Some(name.to_owned()),
             },
         )?;
-        let name = serde_json::to_value(message)?;
-        let name = name.as_str().context("a move message's name")?;
-        for host in HOSTS {
-            // The lab writes the [daemon] section last: the setting joins it.
-            let path = d.roamds.host_dir(host).join("roam.toml");
-            let mut text = std::fs::read_to_string(&path)?;
-            text.push_str(&format!("move_message = \"{name}\"\n"));
-            std::fs::write(&path, text)?;
-        }
         d.roamds.spawn(topology.a(), "a")?;
         d.roamds.spawn(topology.b(), "b")?;
         d.roamds.wait_up(&HOSTS)?;

@@ -36,7 +36,7 @@ use roam_lab::systems::Carrier;
 use roam_lab::topology::{B_IF, Family, Topology, TopologyOptions};
 use serde::Serialize;
 
-use super::dataplane::{ksoftirqd_threads, task_times};
+use super::dataplane::{USER_HZ, ksoftirqd_threads, task_times};
 use super::stats::{Spread, spread};
 use super::systems::System;
 
@@ -189,7 +189,9 @@ fn run_stream(
         &wrap,
         &["iperf3", "-s", "-1", "-J", "-i", "0.5", "-p", &PORT.to_string()],
     )?;
-    wait_listening(topology, PORT, Duration::from_secs(5))?;
+    topology
+        .b()
+        .wait_listening(PORT, &server, Duration::from_secs(5))?;
     let settle = Duration::from_secs_f64(options.settle_s);
     let window = Duration::from_secs_f64(options.window_s);
     let total = BEFORE_MOVE + settle + window + Duration::from_millis(500);
@@ -247,7 +249,7 @@ fn run_stream(
             system.label(true)
         );
     }
-    let cpu_s = cpu1.since(&cpu0) / ticks_per_second();
+    let cpu_s = cpu1.since(&cpu0) / USER_HZ;
     let capture_s = t1.duration_since(t0).unwrap_or_default().as_secs_f64();
     let filter = carrier.wire_filter(topology, family, PORT);
     let data: Vec<&PacketRecord> = records
@@ -296,26 +298,6 @@ fn spawn_wrapped(ns: &roam_lab::Ns, wrap: &[String], args: &[&str]) -> Result<Ch
     let mut all: Vec<&str> = wrap.iter().map(String::as_str).collect();
     all.extend_from_slice(args);
     Ok(ns.spawn(&all, ChildOutput::Collect)?)
-}
-
-/// Waits until something in B listens on TCP `port` (a Multipath TCP listener shows in
-/// `ss -M`, a TCP one in `ss -t`).
-pub(crate) fn wait_listening(topology: &Topology, port: u16, within: Duration) -> Result<()> {
-    let deadline = Instant::now() + within;
-    let needle = format!(":{port} ");
-    loop {
-        for kind in ["-Hltn", "-HlMn"] {
-            if let Ok(out) = topology.b().exec(&["ss", kind])
-                && out.stdout.contains(&needle)
-            {
-                return Ok(());
-            }
-        }
-        if Instant::now() >= deadline {
-            bail!("nothing listens on port {port} in B within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// CPU ticks of the processes that carry the stream (both iperf3s, the system's
@@ -373,16 +355,7 @@ fn full_sized_frame(data: &[&PacketRecord]) -> Option<u32> {
 }
 
 fn sleep_until(t: Instant) {
-    let now = Instant::now();
-    if t > now {
-        std::thread::sleep(t - now);
-    }
-}
-
-fn ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if hz > 0 { hz as f64 } else { 100.0 }
+    std::thread::sleep(t.saturating_duration_since(Instant::now()));
 }
 
 /// What the bench reads from iperf3's JSON.
