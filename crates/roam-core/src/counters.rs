@@ -75,8 +75,17 @@ counters! {
         /// Challenges to a proven address never answered: its flows stayed there, and
         /// went without their nudge.
         path_rechecks_unanswered,
+        /// Outstanding requests (updates, terminations, path challenges) sent again at
+        /// once because the host's routes changed (`Input::RoutesChanged`).
+        route_resends,
         /// Control messages not sent to an unvalidated address: over its budget.
         budget_refusals,
+        /// Answers to a peer's update held back by its new address's budget, sent when
+        /// the address echoed its challenge.
+        answers_deferred,
+        /// Answers to a copy of a request already answered (its route-change resend,
+        /// or a retransmission that crossed the answer): expected, ignored.
+        duplicate_replies,
         /// Dropped: a reply that matches no outstanding request (or an old one).
         drop_unexpected_reply,
         /// Dropped: a message type this endpoint does not serve (e.g. Subscribe, which

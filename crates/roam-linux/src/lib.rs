@@ -6,7 +6,8 @@
 //!   flow's original address usable by the stack for existing sockets only.
 //! - [`sockdiag`]: the TCP and UDP sockets of this host (sock_diag), as flows.
 //! - [`nft`]: the kernel data plane (nftables, inet family): translation entries,
-//!   hold, return-routability budgets.
+//!   hold, return-routability budgets; its transactions go through [`libnft`]
+//!   (libnftables in process) when the library loads.
 //! - [`icmp`]: ICMP errors about flows [`nft`] translates, relayed through userspace
 //!   (nfnetlink_log in, roam-core's rewriter, a raw socket out).
 //! - [`nudge`]: make the local TCP stack send its current ACK for a flow at once.
@@ -17,6 +18,7 @@
 //!   [`nft`] by `roam bench dataplane`; not the plane roamd uses).
 
 pub mod icmp;
+pub mod libnft;
 pub mod netlink;
 pub mod nft;
 pub mod nudge;

@@ -211,8 +211,9 @@ pub enum NetEvent {
     /// may still be listed, but nothing can be sent through it.
     LinkDown { ifindex: u32, ifname: String },
     /// A route of the family was added or removed (the local table and cached routes
-    /// are left out). Also sent after the watcher had to re-dump.
-    RouteChanged { family: Family },
+    /// are left out); `default`: a default route (prefix length 0). Also sent after the
+    /// watcher had to re-dump (as a default route's: anything may have changed).
+    RouteChanged { family: Family, default: bool },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -645,7 +646,8 @@ impl NetWatcher {
                 }
                 RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) => {
                     if let Some(family) = interesting_route(&r) {
-                        self.pending.push_back(NetEvent::RouteChanged { family });
+                        let default = r.header.destination_prefix_length == 0;
+                        self.pending.push_back(NetEvent::RouteChanged { family, default });
                     }
                 }
                 _ => {}
@@ -753,10 +755,12 @@ impl NetWatcher {
             self.upsert_address(a);
         }
         // Routes are not tracked: tell the daemon to look again.
-        self.pending
-            .push_back(NetEvent::RouteChanged { family: Family::V4 });
-        self.pending
-            .push_back(NetEvent::RouteChanged { family: Family::V6 });
+        for family in [Family::V4, Family::V6] {
+            self.pending.push_back(NetEvent::RouteChanged {
+                family,
+                default: true,
+            });
+        }
     }
 }
 

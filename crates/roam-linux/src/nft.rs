@@ -140,16 +140,19 @@
 //!
 //! # Install times (`cargo test -p roam-linux --test nft_batch -- --nocapture`)
 //!
-//! One `nft -f -` process per batch (medians of 7, on the 2-core lab machine shared with
-//! other builds): 1 flow entry 2.6-3.0 ms, 100 in one batch 12-14 ms, 10,000 in one
-//! batch 1.2-1.6 s (about 130 µs a flow: two chains, their rules, two elements; most of
-//! it nft's own parsing and evaluation). Each transaction of a move (a held entry, its
-//! release, a budget and its validation) 2.5-3 ms; one that deletes 7-16 ms. nft dumps
-//! the table's chains on every run that names a chain (to check a `goto` target), so a
-//! run costs about 4 µs more per installed flow: one more entry next to 10,000 took
-//! 45-50 ms. Speaking nf_tables netlink directly from a long-lived socket would remove
-//! the process start, the dump and the wait at close; with the tens to hundreds of
-//! translated flows a host has, nft's few milliseconds were judged good enough for now.
+//! Transactions run in process through libnftables ([`crate::libnft`]) on a context
+//! (and netlink socket) that lives as long as the plane; without the library, one
+//! `nft -f -` process each. Medians of 7 on the 2-core lab machine shared with builds,
+//! libnftables / nft processes: each transaction of a move (a held entry, its release,
+//! a budget and its validation) 0.2 / 3.0-3.6 ms; one that deletes 0.2 / 10-13 ms (a
+//! process's exit waits for the RCU grace period above; the long-lived socket does
+//! not); 1 flow entry 0.3 / 4 ms; 100 in one batch 14 / 19 ms; 10,000 in one batch
+//! about 2 s either way (some 200 µs a flow: two chains, their rules, two elements,
+//! nearly all of it nft's own parsing and evaluation). nft re-reads the table's chains
+//! on every run that names a chain (to check a `goto` target), so a run costs a few µs
+//! more per installed flow: one more entry next to 10,000 took 35 / 56 ms. Installing
+//! 100,000 at once (`roam bench scale`) takes tens of seconds: a chain pair per flow
+//! is this plane's limit (docs/ARCHITECTURE.md).
 //!
 //! # What this data plane does not do (the simulator's does)
 //!
@@ -173,7 +176,7 @@ use std::io::{self, Write as _};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -186,6 +189,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::icmp::{self, DEFAULT_ICMP_GROUP, IcmpCounters, IcmpError, IcmpRelay};
+use crate::libnft::{LibNft, LibNftError};
 use crate::nudge::{NUDGE_MARK, NudgeError, Nudger};
 
 /// The table's name unless configured otherwise (`inet roam`).
@@ -257,6 +261,10 @@ pub struct NftConfig {
     pub netns: Option<PathBuf>,
     /// The nft executable.
     pub nft: PathBuf,
+    /// Run transactions in process through libnftables ([`crate::libnft`]) when it
+    /// loads and `nft` is the default program; otherwise (or `false`) each is an `nft`
+    /// process.
+    pub in_process: bool,
     /// Leave the table in place when the data plane is dropped (a daemon restart must not
     /// drop migrated sessions); [`NftDataPlane::close`] deletes it regardless.
     pub keep_on_drop: bool,
@@ -277,6 +285,7 @@ impl Default for NftConfig {
             table: DEFAULT_TABLE.to_owned(),
             netns: None,
             nft: PathBuf::from("nft"),
+            in_process: true,
             keep_on_drop: false,
             nudge: true,
             drain: DEFAULT_DRAIN,
@@ -307,6 +316,9 @@ pub struct NftCounters {
     /// nft transactions committed, and refused (by nft or the kernel).
     pub transactions: u64,
     pub failed_transactions: u64,
+    /// Of the committed ones, those run in process through libnftables (the others
+    /// were `nft` processes).
+    pub in_process_transactions: u64,
     /// Batches refused before reaching nft (translation table invariants).
     pub refused_batches: u64,
     pub nudges: u64,
@@ -360,6 +372,8 @@ pub struct NftDataPlane {
     config: NftConfig,
     /// Kept open so that every nft run can enter the namespace without a path lookup.
     netns: Option<File>,
+    /// libnftables in process, when it loaded ([`NftConfig::in_process`]).
+    lib: Option<LibNft>,
     state: State,
     nudger: Option<Nudger>,
     icmp: Option<IcmpRelay>,
@@ -417,6 +431,17 @@ impl NftDataPlane {
             })?),
             None => None,
         };
+        let lib = if config.in_process && config.nft == Path::new("nft") {
+            match LibNft::open(config.netns.as_deref()) {
+                Ok(lib) => Some(lib),
+                Err(e) => {
+                    tracing::info!("nft transactions by the nft command: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let nudger = if config.nudge {
             Some(Nudger::open_in(config.netns.as_deref())?)
         } else {
@@ -436,6 +461,7 @@ impl NftDataPlane {
         let mut dp = NftDataPlane {
             config,
             netns,
+            lib,
             state: State {
                 kick_group,
                 ..State::default()
@@ -597,7 +623,7 @@ impl NftDataPlane {
 
     /// The kernel's counters (one `nft -j` run) and this process's.
     pub fn counters(&self) -> Result<NftCounters, NftError> {
-        let out = self.nft_output(&["-j", "list", "counters", "table", "inet", &self.config.table])?;
+        let out = self.nft_json(&format!("list counters table inet {}", self.config.table))?;
         let v: serde_json::Value = serde_json::from_slice(&out)?;
         let mut c = self.local_counters();
         for item in v.get("nftables").and_then(|n| n.as_array()).into_iter().flatten() {
@@ -706,6 +732,9 @@ impl NftDataPlane {
         match self.nft_with_input(script) {
             Ok(_) => {
                 self.counters.transactions += 1;
+                if self.lib.is_some() {
+                    self.counters.in_process_transactions += 1;
+                }
                 tracing::debug!(
                     bytes = script.len(),
                     elapsed_us = started.elapsed().as_micros() as u64,
@@ -742,6 +771,12 @@ impl NftDataPlane {
     }
 
     fn nft_with_input(&self, script: &str) -> Result<Vec<u8>, NftError> {
+        if let Some(lib) = &self.lib {
+            return lib
+                .run(script, false)
+                .map(String::into_bytes)
+                .map_err(refused_in_process);
+        }
         let spawn_err = |source| NftError::Spawn {
             program: self.config.nft.clone(),
             source,
@@ -777,10 +812,18 @@ impl NftDataPlane {
         Ok(output.stdout)
     }
 
-    fn nft_output(&self, args: &[&str]) -> Result<Vec<u8>, NftError> {
+    /// nft's JSON answer to `command` (a `list`), as `nft -j` prints it.
+    fn nft_json(&self, command: &str) -> Result<Vec<u8>, NftError> {
+        if let Some(lib) = &self.lib {
+            return lib
+                .run(command, true)
+                .map(String::into_bytes)
+                .map_err(refused_in_process);
+        }
         let output = self
             .command()
-            .args(args)
+            .arg("-j")
+            .args(command.split_whitespace())
             .stdin(Stdio::null())
             .output()
             .map_err(|source| NftError::Spawn {
@@ -794,6 +837,14 @@ impl NftDataPlane {
             });
         }
         Ok(output.stdout)
+    }
+}
+
+/// libnftables's refusal (or failure) in the shape of the `nft` command's.
+fn refused_in_process(e: LibNftError) -> NftError {
+    NftError::Nft {
+        status: "libnftables".to_owned(),
+        stderr: e.to_string(),
     }
 }
 

@@ -195,15 +195,29 @@ fn watcher_reports_addresses_links_and_routes_in_order() {
         ns.ip("addr del fd09::1/64 dev w0");
         removed(&next_relevant(&mut w).await, "fd09::1");
 
-        // Routes of either family.
+        // Routes of either family, default or not.
         ns.ip("route add blackhole 10.77.0.0/16");
         until(&mut w, "IPv4 RouteChanged", |e| {
-            *e == NetEvent::RouteChanged { family: Family::V4 }
+            *e == NetEvent::RouteChanged {
+                family: Family::V4,
+                default: false,
+            }
         })
         .await;
         ns.ip("-6 route add blackhole fd77::/64");
         until(&mut w, "IPv6 RouteChanged", |e| {
-            *e == NetEvent::RouteChanged { family: Family::V6 }
+            *e == NetEvent::RouteChanged {
+                family: Family::V6,
+                default: false,
+            }
+        })
+        .await;
+        ns.ip("route add blackhole default metric 999");
+        until(&mut w, "IPv4 default RouteChanged", |e| {
+            *e == NetEvent::RouteChanged {
+                family: Family::V4,
+                default: true,
+            }
         })
         .await;
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use roamd::ctl::{FlowList, PeerList};
-use roamd::status::{FlowPeerStatus, FlowStatus, NamedCounters, PeerStatus, Status};
+use roamd::status::{FlowPeerStatus, FlowStatus, Latency, NamedCounters, PeerStatus, Status};
 
 /// Recent events `roam status` shows.
 const RECENT_EVENTS: usize = 5;
@@ -53,6 +53,16 @@ pub fn status(s: &Status) -> String {
     ];
     if let Some(p) = &s.control_socket {
         host.push(("control socket", p.display().to_string()));
+    }
+    // What a handover waits for on this host (recent ones).
+    for (label, l) in [
+        ("reaction time", &s.timings.reaction),
+        ("plane changes", &s.timings.plane_batch),
+        ("state writes", &s.timings.state_save),
+    ] {
+        if l.count > 0 {
+            host.push((label, latency(l)));
+        }
     }
     out.push_str(&fields(&host, "  "));
 
@@ -351,6 +361,18 @@ fn millis(ms: f64) -> String {
     }
 }
 
+/// A duration's recent distribution.
+fn latency(l: &Latency) -> String {
+    format!(
+        "p50 {}, p90 {}, max {} (of the last {}; {} in all)",
+        millis(l.p50_ms),
+        millis(l.p90_ms),
+        millis(l.max_ms),
+        l.count.min(roamd::status::Samples::WINDOW as u64),
+        l.count
+    )
+}
+
 /// A span of time, as precise as a person needs it.
 fn duration(secs: f64) -> String {
     let secs = secs.max(0.0);
@@ -519,6 +541,16 @@ mod tests {
                 flow_scans: 100,
                 ..DaemonCounters::default()
             },
+            timings: roamd::status::Timings {
+                reaction: Latency {
+                    count: 1000,
+                    p50_ms: 2.5,
+                    p90_ms: 8.0,
+                    max_ms: 31.0,
+                    last_ms: 1.0,
+                },
+                ..Default::default()
+            },
             events: (0..7)
                 .map(|i| EventRecord {
                     at_s: 3000.0 + f64::from(i),
@@ -553,6 +585,10 @@ mod tests {
             ("flows:", "2, 1 migrated"),
             ("activity:", "1 flow(s) moved, 40 message(s) sent, 38 accepted"),
             ("control socket:", "/run/roam/roamd.sock"),
+            (
+                "reaction time:",
+                "p50 2.5 ms, p90 8.0 ms, max 31.0 ms (of the last 256; 1000 in all)",
+            ),
         ] {
             assert!(line_with(&text, key).contains(value), "{key} {value}:\n{text}");
         }
@@ -577,6 +613,8 @@ mod tests {
         );
         // Only the last five events.
         assert!(text.contains("recent events (5 of 7):"), "{text}");
+        // Steps never taken are not shown.
+        assert!(!text.contains("state writes"), "{text}");
         assert!(!text.contains("event 1\n") && text.contains("event 6"), "{text}");
     }
 

@@ -535,6 +535,7 @@ mod tests {
             flows: vec![],
             counters: NamedCounters(vec![("drop_replay".into(), 2)]),
             daemon: DaemonCounters::default(),
+            timings: Default::default(),
             events: vec![],
         }
     }

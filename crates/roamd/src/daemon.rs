@@ -35,7 +35,8 @@ use crate::ctl::{self, Asked, Call, FlowList, PeerList, Request, Response};
 use crate::metrics::MetricsServer;
 use crate::persist::Persisted;
 use crate::status::{
-    DaemonCounters, DataPlaneCounters, EventRecord, NamedCounters, PeerStatus, PlaneCounters, Status,
+    DaemonCounters, DataPlaneCounters, EventRecord, NamedCounters, PeerStatus, PlaneCounters, Samples,
+    Status, Timings,
 };
 
 /// How roamd is started.
@@ -63,6 +64,9 @@ pub struct Options {
 
 /// Events kept for the status snapshot.
 const EVENT_HISTORY: usize = 200;
+
+/// Control datagrams handled before one flush, at most (see the receive loop).
+const COALESCE_DATAGRAMS: usize = 256;
 
 /// Control datagrams that found no route are kept this long, at most this many.
 const UNROUTED_TTL: Duration = Duration::from_secs(1);
@@ -284,6 +288,13 @@ struct Daemon {
     /// What the state file holds now (so that only changes are written).
     persisted: Option<Persisted>,
     metrics: Option<MetricsServer>,
+    /// Durations of the steps of its reactions ([`Timings`]).
+    reaction: Samples,
+    plane_batch: Samples,
+    state_save: Samples,
+    /// Flushes that did something (changed the plane or sent): a reaction is timed
+    /// only if it made one.
+    acted: u64,
 }
 
 impl Daemon {
@@ -367,6 +378,10 @@ impl Daemon {
             unrouted: VecDeque::new(),
             persisted: restored.clone(),
             metrics,
+            reaction: Samples::default(),
+            plane_batch: Samples::default(),
+            state_save: Samples::default(),
+            acted: 0,
         };
         if let Some(p) = &restored {
             d.restore(p);
@@ -381,16 +396,21 @@ impl Daemon {
             let timer = d.endpoint.poll_timeout().map(|t| d.deadline(t));
             tokio::select! {
                 Some(r) = rx.recv() => {
-                    d.counters.datagrams_received += 1;
-                    if !d.up {
-                        // Read before `roam down` closed the sockets: nobody handles it.
-                        continue;
+                    let since = d.reacting();
+                    d.receive(r);
+                    // What else has arrived is handled before the one flush: a move of
+                    // many flows comes as hundreds of datagrams, and a data-plane
+                    // transaction and a state write for each would make its last
+                    // answer wait for all of them. Bounded: the rest waits a turn.
+                    for _ in 0..COALESCE_DATAGRAMS {
+                        let Ok(r) = rx.try_recv() else { break };
+                        d.receive(r);
                     }
-                    let now = d.now();
-                    d.endpoint.handle(now, Input::Datagram { local: r.local, remote: r.remote, payload: &r.payload });
                     d.flush();
+                    d.reacted(since);
                 }
                 ev = watcher.next() => {
+                    let since = d.reacting();
                     match ev {
                         Ok(ev) => d.net_event(&watcher, ev).await,
                         Err(e) => {
@@ -402,6 +422,7 @@ impl Daemon {
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
                     }
+                    d.reacted(since);
                 }
                 Some(call) = ctl_rx.recv() => {
                     let response = d.control(call.caller, call.asked, &watcher).await;
@@ -415,9 +436,11 @@ impl Daemon {
                     d.flush();
                 }
                 _ = async { tokio::time::sleep_until(timer.unwrap()).await }, if timer.is_some() => {
+                    let since = d.reacting();
                     let now = d.now();
                     d.endpoint.handle(now, Input::Timeout);
                     d.flush();
+                    d.reacted(since);
                 }
                 _ = snapshot.tick() => {
                     // Housekeeping off the critical path.
@@ -493,7 +516,10 @@ impl Daemon {
         if self.persisted.as_ref().is_some_and(|p| p.same_entries(&next)) {
             return;
         }
-        match next.save(&path) {
+        let started = std::time::Instant::now();
+        let saved = next.save(&path);
+        self.state_save.record(started.elapsed());
+        match saved {
             Ok(()) => {
                 self.counters.state_saves += 1;
                 self.persisted = Some(next);
@@ -658,6 +684,35 @@ impl Daemon {
         }
     }
 
+    /// Hands the endpoint a control datagram (flushed by the caller).
+    fn receive(&mut self, r: Received) {
+        self.counters.datagrams_received += 1;
+        // Read before `roam down` closed the sockets: nobody handles it.
+        if self.up {
+            let now = self.now();
+            self.endpoint.handle(
+                now,
+                Input::Datagram {
+                    local: r.local,
+                    remote: r.remote,
+                    payload: &r.payload,
+                },
+            );
+        }
+    }
+
+    /// The start of a reaction: when it began, and how many flushes had acted.
+    fn reacting(&self) -> (std::time::Instant, u64) {
+        (std::time::Instant::now(), self.acted)
+    }
+
+    /// The end of one: timed if a flush acted meanwhile.
+    fn reacted(&mut self, (since, acted): (std::time::Instant, u64)) {
+        if self.acted != acted {
+            self.reaction.record(since.elapsed());
+        }
+    }
+
     /// Carries out what the endpoint decided: data-plane commands first (one
     /// transaction), then control datagrams, then events.
     fn flush(&mut self) {
@@ -673,17 +728,24 @@ impl Daemon {
         }
         if !batch.is_empty() {
             debug!(commands = batch.len(), "data plane batch");
+            let started = std::time::Instant::now();
             if let Err(e) = self.plane.apply_batch(&batch) {
                 warn!("data plane refused {} command(s): {e}", batch.len());
             }
+            self.plane_batch.record(started.elapsed());
             // Before the datagrams that tell the peer: once it acts on them, a restart
             // here must come back with these entries.
             if batch.iter().any(|c| matches!(c, DataPlaneCommand::Table(_))) {
                 self.persist();
             }
         }
+        let mut sent = false;
         while let Some(t) = self.endpoint.poll_transmit() {
+            sent = true;
             self.send(t);
+        }
+        if sent || !batch.is_empty() {
+            self.acted += 1;
         }
         while let Some(e) = self.endpoint.poll_event() {
             match &e {
@@ -766,8 +828,18 @@ impl Daemon {
             // `roam up` reads the addresses afresh.
             return;
         }
-        if matches!(ev, NetEvent::RouteChanged { .. }) && !self.unrouted.is_empty() {
-            self.send_unrouted();
+        if let NetEvent::RouteChanged { default, .. } = ev {
+            if !self.unrouted.is_empty() {
+                self.send_unrouted();
+            }
+            // Sent before this change, an outstanding request may have left by a
+            // default route that is gone (see `Input::RoutesChanged`). Other routes
+            // (a new address's prefix route comes with it) do not say the way out
+            // changed.
+            if default {
+                let now = self.now();
+                self.endpoint.handle(now, Input::RoutesChanged);
+            }
         }
         let all = watcher.addresses();
         let usable = watcher.usable_addresses();
@@ -917,6 +989,11 @@ impl Daemon {
                 c
             },
             daemon: self.counters.clone(),
+            timings: Timings {
+                reaction: self.reaction.summary(),
+                plane_batch: self.plane_batch.summary(),
+                state_save: self.state_save.summary(),
+            },
             events: self.events.iter().cloned().collect(),
         }
     }

@@ -1,5 +1,5 @@
 //! What roamd reports about itself: a snapshot written as JSON (atomically: write,
-//! fsync, rename) so that `roam lab`, tests and people can read it while it runs, and
+//! rename) so that `roam lab`, tests and people can read it while it runs, and
 //! the answer to `roam status` on the control socket (`ctl.rs`).
 //!
 //! Every type here reads back what it writes (Serialize and Deserialize), so the CLI
@@ -254,6 +254,70 @@ pub struct PeerStatus {
     pub last_move_ms: Option<f64>,
 }
 
+/// How long the steps of roamd's reactions took: what decides a handover's gap on
+/// this host, besides the network (docs/ARCHITECTURE.md, "Where a handover's time goes").
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Timings {
+    /// From a control datagram, kernel event or timer to the last thing it made roamd
+    /// do (data-plane change, state written, datagrams sent); only those that made it
+    /// do something.
+    pub reaction: Latency,
+    /// One data-plane batch (an nft transaction; a TUN table change).
+    pub plane_batch: Latency,
+    /// One write of the state file.
+    pub state_save: Latency,
+}
+
+/// A duration's distribution over the last [`Samples::WINDOW`] occurrences, and how
+/// many there were in all.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub max_ms: f64,
+    pub last_ms: f64,
+}
+
+/// The recent samples behind a [`Latency`] (bounded).
+#[derive(Clone, Debug, Default)]
+pub struct Samples {
+    count: u64,
+    recent: std::collections::VecDeque<f64>,
+}
+
+impl Samples {
+    pub const WINDOW: usize = 256;
+
+    pub fn record(&mut self, d: std::time::Duration) {
+        self.count += 1;
+        if self.recent.len() == Self::WINDOW {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(d.as_secs_f64() * 1e3);
+    }
+
+    pub fn summary(&self) -> Latency {
+        let mut v: Vec<f64> = self.recent.iter().copied().collect();
+        v.sort_by(f64::total_cmp);
+        // Nearest rank.
+        let at = |q: f64| {
+            v.get(((q * v.len() as f64).ceil() as usize).saturating_sub(1))
+                .copied()
+                .unwrap_or(0.0)
+        };
+        Latency {
+            count: self.count,
+            p50_ms: at(0.5),
+            p90_ms: at(0.9),
+            max_ms: v.last().copied().unwrap_or(0.0),
+            last_ms: self.recent.back().copied().unwrap_or(0.0),
+        }
+    }
+}
+
 /// One event, timestamped (seconds since roamd started).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EventRecord {
@@ -290,6 +354,8 @@ pub struct Status {
     /// The protocol's counters (`roam_core::Counters`), by name.
     pub counters: NamedCounters,
     pub daemon: DaemonCounters,
+    #[serde(default)]
+    pub timings: Timings,
     pub events: Vec<EventRecord>,
 }
 
@@ -308,8 +374,9 @@ impl Status {
         let mut f = std::io::BufWriter::with_capacity(64 << 10, std::fs::File::create(&tmp)?);
         serde_json::to_writer_pretty(&mut f, self)?;
         f.write_all(b"\n")?;
-        let f = f.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
+        // Not flushed to the disk: it is a view of the running daemon, and an `fsync`
+        // each second stalled the daemon's loop (a move included) for a disk round trip.
+        f.into_inner().map_err(|e| e.into_error())?;
         std::fs::rename(&tmp, path)
     }
 
@@ -385,5 +452,31 @@ mod tests {
         let old: DaemonCounters = serde_json::from_str(r#"{"send_errors": 2}"#).unwrap();
         assert_eq!(old.send_errors, 2);
         assert_eq!(old.ctl_requests, 0);
+    }
+}
+
+#[cfg(test)]
+mod timing_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn samples_summarise_the_recent_window_and_count_all() {
+        let mut s = Samples::default();
+        assert_eq!(s.summary(), Latency::default());
+        for ms in (1..=10).rev() {
+            s.record(Duration::from_millis(ms));
+        }
+        let l = s.summary();
+        assert_eq!(
+            (l.count, l.p50_ms, l.p90_ms, l.max_ms, l.last_ms),
+            (10, 5.0, 9.0, 10.0, 1.0)
+        );
+        for _ in 0..Samples::WINDOW {
+            s.record(Duration::from_millis(2));
+        }
+        let l = s.summary();
+        assert_eq!(l.count, 10 + Samples::WINDOW as u64);
+        assert_eq!(l.max_ms, 2.0, "older samples left the window");
     }
 }

@@ -16,6 +16,10 @@ use super::{DataPlaneCommand, Endpoint, Event, MoveMessage};
 use crate::time::Instant;
 use crate::translate::{Protocol, Tuple};
 
+/// Fewest migrations a full update datagram carries: [`MAX_DATAGRAM_LEN`] over an IPv6
+/// migration extension (60 bytes and its header), rounded down for the message header.
+const MIN_MIGRATIONS_PER_DATAGRAM: usize = 16;
+
 /// Which flows of a peer a migration (or address change) names, from our point of view.
 #[derive(Clone, Copy, Debug)]
 struct Selector {
@@ -112,7 +116,7 @@ impl Endpoint {
         if matches!(
             h.msg_type,
             ConnectionUpdate | MigrationRequest | AddressChange | ConnectionUpdateRequest
-        ) && !self.update_limiter.allow(h.sender, now)
+        ) && !self.admit_update(now, &h, session)
         {
             self.counters.drop_rate_limited += 1;
             return;
@@ -138,6 +142,29 @@ impl Endpoint {
             }
         }
         self.counters.messages_accepted += 1;
+    }
+
+    /// The update rate limit counts updates, not datagrams. A datagram of the update
+    /// applied last (same session, same sequence number) is a further part of that one
+    /// (a move of 10,000 flows takes some 300 datagrams: the mover splits it to fit
+    /// [`MAX_DATAGRAM_LEN`]) and passes without a token, up to what naming every flow
+    /// shared with the peer takes, for each transmission the mover may make. Anything
+    /// else, the first datagram of an update included, takes a token.
+    fn admit_update(&mut self, now: Instant, h: &Header, session: Instant) -> bool {
+        if matches!(
+            h.msg_type,
+            MessageType::ConnectionUpdate | MessageType::MigrationRequest | MessageType::AddressChange
+        ) && let Some(p) = self.peers.get_mut(&h.sender)
+            && p.last_update == Some((session, h.sequence))
+        {
+            let per_copy = p.flows.len().div_ceil(MIN_MIGRATIONS_PER_DATAGRAM) + 1;
+            let cap = per_copy * self.config.max_update_attempts as usize;
+            if p.update_datagrams < cap {
+                p.update_datagrams += 1;
+                return true;
+            }
+        }
+        self.update_limiter.allow(h.sender, now)
     }
 
     fn count_decode_error(&mut self, e: &DecodeError) {
@@ -217,6 +244,12 @@ impl Endpoint {
                 .map(|f| f.current.remote.ip())
                 .collect();
             let p = self.peers.get_mut(&peer_id).expect("sender is a peer");
+            if p.last_update != Some((session, h.sequence)) {
+                // A newer update: answers still owed to an older one are moot (the
+                // mover drops answers to a superseded update).
+                p.update_datagrams = 0;
+                p.owed.clear();
+            }
             p.last_update = Some((session, h.sequence));
             // Control goes to the update's source once that address has proven it
             // receives there (return routability); until then, to where it was.
@@ -267,7 +300,7 @@ impl Endpoint {
                 }
             }
         }
-        self.send_sealed(peer_id, local.ip(), remote, reply);
+        self.send_or_owe(peer_id, local.ip(), remote, reply);
         // The challenges go after the answer, never before: the mover answers a
         // challenge at once, and its answer is our sign that it has released the
         // flows it held (it releases on our answer), so that the deferred nudges
@@ -394,7 +427,14 @@ impl Endpoint {
     fn on_update_ack(&mut self, now: Instant, msg: &Message) {
         let h = msg.header;
         let peer_id = h.sender;
-        let Some(ex) = self.peers[&peer_id].update.as_ref() else {
+        let p = &self.peers[&peer_id];
+        if p.update.as_ref().is_none_or(|ex| ex.seq != h.sequence) && p.completed_update == Some(h.sequence) {
+            // The answer to a second copy of an update already answered (sent again
+            // when the routes changed, or crossed with its retransmission).
+            self.counters.duplicate_replies += 1;
+            return;
+        }
+        let Some(ex) = p.update.as_ref() else {
             self.counters.drop_unexpected_reply += 1;
             return;
         };
@@ -403,7 +443,6 @@ impl Endpoint {
             self.counters.drop_unexpected_reply += 1;
             return;
         }
-        let pending: Vec<Tuple> = ex.flows.iter().copied().collect();
         let mut confirmed = Vec::new();
         let mut refused = Vec::new();
         if h.msg_type == MessageType::MigrationCompleted {
@@ -412,15 +451,32 @@ impl Endpoint {
                 return;
             };
             let ok = ReplyCode::from_u8(h.flags) == Some(ReplyCode::Accepted);
-            for o in pending {
-                let Some(f) = self.flows.get(&o) else { continue };
+            for o in &ex.flows {
+                let Some(f) = self.flows.get(o) else { continue };
                 if f.wire_key.local.ip() == old.addr().ip() && f.current.local.ip() == new.addr().ip() {
-                    if ok { confirmed.push(o) } else { refused.push(o) }
+                    if ok { confirmed.push(*o) } else { refused.push(*o) }
                 }
             }
         } else {
             for m in msg.migrations() {
-                for o in &pending {
+                // Our migrations name one flow each (`migration_of`): found by its key,
+                // not by a scan of every pending flow (an answer to a move of 10,000
+                // flows is some 300 datagrams).
+                let named = Selector {
+                    protocols: m.protocols(),
+                    remote: m.peer(),
+                    local: m.original(),
+                    new_remote: m.new_endpoint(),
+                };
+                let candidates: Vec<Tuple> = match named.exact_key() {
+                    Some(key) => self
+                        .flows_by_wire_key(peer_id, &key)
+                        .into_iter()
+                        .filter(|o| ex.flows.contains(o))
+                        .collect(),
+                    None => ex.flows.iter().copied().collect(),
+                };
+                for o in &candidates {
                     let Some(f) = self.flows.get(o) else { continue };
                     if f.wire_key.local == m.original()
                         && f.wire_key.remote == m.peer()
@@ -494,13 +550,15 @@ impl Endpoint {
         }
         let elapsed = now - ex.started;
         let confirmed = ex.total - ex.failed;
-        let sample = ex.attempts == 1 && confirmed > 0;
+        // Karn: an answer to one of several copies is no round-trip sample.
+        let sample = ex.attempts == 1 && ex.route_resends == 0 && confirmed > 0;
         let ev = Event::MoveCompleted {
             peer: peer_id,
             flows: confirmed,
             elapsed,
             retransmits: ex.attempts - 1,
         };
+        p.completed_update = Some(ex.seq);
         p.update = None;
         if sample {
             p.rtt_sample(elapsed);
@@ -593,10 +651,14 @@ impl Endpoint {
         let p = self.peers.get_mut(&msg.header.sender).expect("sender is a peer");
         match p.termination.take_if(|ex| ex.seq == msg.header.sequence) {
             Some(ex) => {
+                p.completed_termination = Some(ex.seq);
                 // Karn's rule: only an exchange sent once is a round-trip sample.
-                if ex.attempts == 1 {
+                if ex.attempts == 1 && ex.route_resends == 0 {
                     p.rtt_sample(now - ex.started);
                 }
+            }
+            None if p.completed_termination == Some(msg.header.sequence) => {
+                self.counters.duplicate_replies += 1
             }
             None => self.counters.drop_unexpected_reply += 1,
         }
@@ -769,6 +831,40 @@ impl Endpoint {
                     self.counters.retransmits += 1;
                     self.transmit_termination(id);
                 }
+            }
+        }
+    }
+
+    /// The routes changed: what is outstanding may have left by one that is gone.
+    /// Each update, termination and path challenge still unanswered goes again now
+    /// (fresh replay identifiers; no back-off: the copy says nothing about the path).
+    pub(super) fn routes_changed(&mut self, now: Instant) {
+        let ids: Vec<NodeId> = self.peers.keys().copied().collect();
+        for id in ids {
+            let p = self.peers.get_mut(&id).expect("listed");
+            if p.update.as_mut().is_some_and(|ex| ex.route_resend()) {
+                self.counters.route_resends += 1;
+                self.transmit_update(now, id);
+            }
+            let p = self.peers.get_mut(&id).expect("listed");
+            if p.termination.as_mut().is_some_and(|ex| ex.route_resend()) {
+                self.counters.route_resends += 1;
+                self.transmit_termination(id);
+            }
+            let p = self.peers.get_mut(&id).expect("listed");
+            let challenged: Vec<IpAddr> = p
+                .paths
+                .iter_mut()
+                .filter_map(|(a, path)| {
+                    path.challenge
+                        .as_mut()
+                        .is_some_and(|c| c.exchange.route_resend())
+                        .then_some(*a)
+                })
+                .collect();
+            for addr in challenged {
+                self.counters.route_resends += 1;
+                self.send_challenge(id, addr);
             }
         }
     }

@@ -202,6 +202,14 @@ pub enum Input<'a> {
     /// unvalidated ([`DataPlaneCommand::Unvalidated`]): traffic from an address raises
     /// what may be sent there (three times what came), control messages included.
     Heard { from: IpAddr, bytes: u64 },
+    /// The host's default routes changed (netlink RTM_NEWROUTE/RTM_DELROUTE). A DHCP client
+    /// adds the new address a moment before the new default route, so an update sent
+    /// at once can leave by the old route (with the new source address, which the old
+    /// network drops; or, from a socket bound to the new device, with no route there,
+    /// as if the peer were on that link: Linux then asks ARP for the peer's address
+    /// and the datagram waits in vain) and be lost: what is outstanding goes again,
+    /// now, instead of a retransmission timeout later.
+    RoutesChanged,
     /// The time returned by [`Endpoint::poll_timeout`] has come.
     Timeout,
 }
@@ -544,6 +552,7 @@ impl Endpoint {
                     }
                 }
             }
+            Input::RoutesChanged => self.routes_changed(now),
             Input::Timeout => self.on_timeout(now),
         }
         self.flush_updates(now);

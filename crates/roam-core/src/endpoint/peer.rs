@@ -47,8 +47,26 @@ pub struct Peer {
     /// it. Sequence numbers compare within one session only (an update under a newer
     /// session is newer whatever its number).
     pub(crate) last_update: Option<(Instant, u16)>,
+    /// Further datagrams of `last_update` admitted (a move of many flows takes many:
+    /// they are one update, not a flood of them; see `Endpoint::admit_update`).
+    pub(crate) update_datagrams: usize,
+    /// Answers to `last_update` that did not fit the return-routability budget of the
+    /// address they go to: sent once it echoes its challenge (or the handshake proves
+    /// it), dropped when a newer update supersedes them. Without this, a move of
+    /// thousands of flows fills the budget with a dozen answers and the rest wait for
+    /// the mover's retransmissions (each one refused again until the echo).
+    pub(crate) owed: Vec<Owed>,
+    /// The address of the peer's most recently challenged (by `challenge_path`). A
+    /// challenge still out to it is this move's: further datagrams of the move leave it
+    /// alone, where a move elsewhere and back starts over with a new token.
+    pub(crate) challenged: Option<IpAddr>,
     /// Our outstanding update (flows we moved, not yet confirmed).
     pub(crate) update: Option<Exchange>,
+    /// The sequence number of our last update that was answered in full: a late
+    /// answer to another copy of it is a duplicate, not an unexpected reply.
+    pub(crate) completed_update: Option<u16>,
+    /// The same for our last termination.
+    pub(crate) completed_termination: Option<u16>,
     /// Our outstanding termination.
     pub(crate) termination: Option<Exchange>,
     /// Set when flows of this peer moved and the update must be (re)built.
@@ -82,7 +100,12 @@ impl Peer {
             next_seq: first_seq,
             next_update_seq: first_seq,
             last_update: None,
+            update_datagrams: 0,
+            owed: Vec::new(),
+            challenged: None,
             update: None,
+            completed_update: None,
+            completed_termination: None,
             termination: None,
             update_needed: false,
             refresh: BTreeSet::new(),
@@ -142,6 +165,17 @@ impl Peer {
     }
 }
 
+/// A sealed message held back by an address's budget (see `Peer::owed`).
+#[derive(Clone, Debug)]
+pub(crate) struct Owed {
+    pub src: IpAddr,
+    pub dst: SocketAddr,
+    pub msg: roam_wire::Message,
+}
+
+/// Copies of one request sent because the routes changed, at most.
+pub(crate) const MAX_ROUTE_RESENDS: u8 = 2;
+
 /// A request awaiting its reply.
 #[derive(Clone, Debug)]
 pub(crate) struct Exchange {
@@ -156,6 +190,9 @@ pub(crate) struct Exchange {
     pub attempts: u32,
     pub rto: Duration,
     pub next: Instant,
+    /// Copies sent because the routes changed ([`super::Input::RoutesChanged`]): not
+    /// attempts (no back-off), but bounded.
+    pub route_resends: u8,
 }
 
 impl Exchange {
@@ -169,7 +206,17 @@ impl Exchange {
             attempts: 1,
             rto,
             next: now + rto,
+            route_resends: 0,
         }
+    }
+
+    /// Whether another copy may go because the routes changed (at most
+    /// [`MAX_ROUTE_RESENDS`] per exchange: a host whose routes churn must not turn that
+    /// into a flood); counts it.
+    pub fn route_resend(&mut self) -> bool {
+        let ok = self.route_resends < MAX_ROUTE_RESENDS;
+        self.route_resends += u8::from(ok);
+        ok
     }
 
     /// Schedules the next retransmission (exponential back-off, RFC 6298 §5.5).
@@ -235,6 +282,9 @@ pub struct Path {
     pub received: u64,
     pub sent: u64,
     pub(crate) challenge: Option<Challenge>,
+    /// The token of the last challenge echoed from here (a second echo of it is a
+    /// duplicate, not an unexpected reply).
+    pub(crate) answered: Option<[u8; 16]>,
 }
 
 #[derive(Clone, Debug)]
@@ -251,6 +301,7 @@ impl Path {
             received: 0,
             sent: 0,
             challenge: None,
+            answered: None,
         }
     }
 
@@ -260,6 +311,7 @@ impl Path {
             received: 0,
             sent: 0,
             challenge: None,
+            answered: None,
         }
     }
 

@@ -13,13 +13,21 @@ use roam_wire::{
 use tracing::debug;
 
 use super::flow::FlowPeer;
-use super::peer::{Challenge, Exchange, Initiation, Peer, Probe, Response};
+use super::peer::{Challenge, Exchange, Initiation, Owed, Peer, Probe, Response};
 use super::{DataPlaneCommand, Endpoint, Event, Transmit};
 use crate::security::handshake::Keys;
 use crate::security::session::OpenError;
 use crate::security::{Initiator, PublicKey, Responder, Session, TrustDecision};
 use crate::time::Instant;
 use crate::translate::{Protocol, Tuple};
+
+/// Budget kept for path challenges to an unproven address (a challenge is under 100
+/// bytes sealed: this is the first copy and every retransmission).
+const CHALLENGE_RESERVE: u64 = 1024;
+
+/// Answers held for unproven addresses of one peer, at most (a move of 100,000 IPv4
+/// flows is some 2,500 answers; beyond this the mover's retransmission asks again).
+const MAX_OWED: usize = 4096;
 
 /// How long an answered handshake waits for its Finish: the initiator retransmits its
 /// Init (and so gets the Response again) well within this.
@@ -612,6 +620,7 @@ impl Endpoint {
             };
             self.events.push_back(ev);
         }
+        self.pay_owed(id, remote.ip());
         self.resend_validated(id, remote.ip());
         self.claim_address(id, remote.ip());
     }
@@ -808,6 +817,13 @@ impl Endpoint {
         };
         let Some(index) = p.session else { return false };
         let len = msg.encoded_len();
+        // Room is kept for the challenge itself (and its retransmissions): answers that
+        // filled the budget must not stop the one message that lifts it.
+        let cap = if msg.header.msg_type == MessageType::PathChallenge {
+            cap
+        } else {
+            cap.saturating_sub(CHALLENGE_RESERVE)
+        };
         let path = p.path(dst.ip());
         if !path.may_send(len, cap) {
             self.counters.budget_refusals += 1;
@@ -848,6 +864,45 @@ impl Endpoint {
         }
     }
 
+    /// Sends `msg` as `send_sealed` does, unless `dst` is unproven and its budget has
+    /// no room: then it waits in `Peer::owed` for the address's echo (a challenge is
+    /// out to it or about to be: every address a peer moves to is challenged), so the
+    /// answers to a move of many flows arrive one round trip after the echo, not one
+    /// retransmission timeout each.
+    pub(super) fn send_or_owe(&mut self, peer: NodeId, src: IpAddr, dst: SocketAddr, msg: Message) {
+        let cap = self.config.unvalidated_budget.saturating_sub(CHALLENGE_RESERVE);
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let fits = p
+            .paths
+            .get(&dst.ip())
+            .is_none_or(|path| path.may_send(msg.encoded_len(), cap));
+        if fits {
+            self.send_sealed(peer, src, dst, msg);
+        } else if p.owed.len() < MAX_OWED {
+            self.counters.answers_deferred += 1;
+            p.owed.push(Owed { src, dst, msg });
+        } else {
+            // The mover's retransmission will ask again.
+            self.counters.budget_refusals += 1;
+        }
+    }
+
+    /// `addr` proved itself: what was owed to it goes now.
+    fn pay_owed(&mut self, peer: NodeId, addr: IpAddr) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let (due, rest): (Vec<Owed>, Vec<Owed>) = std::mem::take(&mut p.owed)
+            .into_iter()
+            .partition(|o| o.dst.ip() == addr);
+        p.owed = rest;
+        for o in due {
+            self.send_sealed(peer, o.src, o.dst, o.msg);
+        }
+    }
+
     // ---- return routability ----
 
     /// The peer's flows now go to `addr`: challenge it (RFC 9000 §9: every change of
@@ -864,6 +919,16 @@ impl Endpoint {
             let Some(p) = self.peers.get(&peer) else { return };
             self.rto_for(p.srtt)
         };
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        // Another datagram of the same move (a move of many flows takes many): the
+        // challenge out stands, and its own timer resends it. A new token here would
+        // make the echo of the first one, already on its way, a mismatch.
+        let out = p.paths.get(&addr).is_some_and(|path| path.challenge.is_some());
+        if p.challenged.replace(addr) == Some(addr) && out {
+            return;
+        }
         let mut token = [0u8; 16];
         self.rng.fill_bytes(&mut token);
         let Some(p) = self.peers.get_mut(&peer) else {
@@ -895,7 +960,7 @@ impl Endpoint {
         self.send_challenge(peer, addr);
     }
 
-    fn send_challenge(&mut self, peer: NodeId, addr: IpAddr) {
+    pub(super) fn send_challenge(&mut self, peer: NodeId, addr: IpAddr) {
         let Some(c) = self
             .peers
             .get(&peer)
@@ -952,14 +1017,20 @@ impl Endpoint {
             return;
         };
         let Some(c) = path.challenge.take_if(|c| c.token == token) else {
-            self.counters.drop_unexpected_reply += 1;
+            if path.answered == Some(token) {
+                // A second copy's echo (see `Input::RoutesChanged`).
+                self.counters.duplicate_replies += 1;
+            } else {
+                self.counters.drop_unexpected_reply += 1;
+            }
             return;
         };
+        path.answered = Some(token);
         // A proven address answering again (a move back to it) only says the peer is
         // there: nothing to lift.
         let newly_proven = !std::mem::replace(&mut path.validated, true);
         p.control = SocketAddr::new(addr, c.port);
-        if c.exchange.attempts == 1 {
+        if c.exchange.attempts == 1 && c.exchange.route_resends == 0 {
             p.rtt_sample(now - c.exchange.started);
         }
         if newly_proven {
@@ -970,6 +1041,7 @@ impl Endpoint {
         } else {
             debug!(%addr, "peer answered at a proven address");
         }
+        self.pay_owed(peer, addr);
         self.resend_validated(peer, addr);
         // The peer answered a challenge sent after our acknowledgment of its move, so
         // (unless that acknowledgment was lost) it has released its hold: its sender
@@ -1061,6 +1133,9 @@ impl Endpoint {
             };
             path.challenge = None;
             let proven = path.validated;
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.owed.retain(|o| o.dst.ip() != addr);
+            }
             // Nobody answered: no sign the peer released its hold, and a nudge this
             // late would only cost it a spurious retransmission.
             let dropped = self.take_deferred_nudges(now, peer, addr).len();

@@ -1263,3 +1263,143 @@ fn a_late_copy_of_a_lost_finish_is_no_round_trip_sample() {
         "the move completed"
     );
 }
+
+/// A and B with `n` TCP flows between them (A's ports 20000 up), registered, moved
+/// with `kind`.
+fn pair_with_flows(n: u16, kind: MoveMessage) -> (Net, Vec<Tuple>) {
+    let mut net = Net::with_config(2, |_, c| c.move_message = kind);
+    net.add_address(0, "10.0.1.2");
+    net.add_address(1, "10.0.9.2");
+    let flows: Vec<Tuple> = (0..n)
+        .map(|i| tcp(&format!("10.0.1.2:{}", 20000 + i), "10.0.9.2:5001"))
+        .collect();
+    for f in &flows {
+        net.input(0, Input::FlowOpened(*f));
+        net.input(1, Input::FlowOpened(f.reversed()));
+    }
+    net.drive();
+    (net, flows)
+}
+
+#[test]
+fn a_connection_update_of_thousands_of_flows_completes_one_round_trip_after_the_echo() {
+    for kind in [MoveMessage::ConnectionUpdate, MoveMessage::MigrationRequest] {
+        let (mut net, flows) = pair_with_flows(3000, kind);
+        net.move_host(0, "10.0.1.2", "10.0.2.7");
+        net.drive();
+        let (a, b) = (&net.hosts[0], &net.hosts[1]);
+        for f in &flows {
+            let m = a.table[f];
+            assert_eq!(
+                (m.current.local.ip(), m.hold),
+                (ip("10.0.2.7"), false),
+                "{kind:?}"
+            );
+            assert_eq!(b.table[&f.reversed()].current.remote.ip(), ip("10.0.2.7"));
+        }
+        assert_eq!(a.ep.counters().flows_moved, 3000, "{kind:?}");
+        assert_eq!(a.ep.counters().flows_move_failed, 0);
+        // Some 100 datagrams of one update: one update to the rate limit.
+        assert_eq!(b.ep.counters().drop_rate_limited, 0);
+        // Only a dozen answers fit the new address's budget; the others waited for its
+        // echo, and the one challenge was echoed (no token replaced per datagram).
+        assert!(b.ep.counters().answers_deferred > 50, "{kind:?}");
+        assert_eq!(b.ep.counters().budget_refusals, 0);
+        assert_eq!(b.ep.counters().paths_validated, 1);
+        assert_eq!(b.ep.counters().drop_unexpected_reply, 0);
+        let completed = a.events.iter().find_map(|e| match e {
+            Event::MoveCompleted {
+                flows,
+                elapsed,
+                retransmits,
+                ..
+            } => Some((*flows, *elapsed, *retransmits)),
+            _ => None,
+        });
+        // The answers that fit: one round trip; the rest: the challenge's round trip on
+        // top. No retransmission.
+        assert_eq!(completed, Some((3000, Duration::from_millis(40), 0)), "{kind:?}");
+    }
+}
+
+#[test]
+fn distinct_updates_beyond_the_burst_are_rate_limited_and_parts_of_one_only_as_far_as_its_flows_go() {
+    let (mut net, flow) = pair_with_flow();
+    let a_id = net.ep(0).node_id();
+    let send = |net: &mut Net, seq: u16| {
+        let m = update(
+            a_id,
+            seq,
+            migration("10.0.1.2:40000", "10.0.1.2:40000", "10.0.9.2:5001"),
+        );
+        let payload = net.seal_as(0, 1, m);
+        net.deliver(1, "10.0.9.2:4791", "10.0.1.2:4791", &payload);
+    };
+    // 300 different updates at one instant: the burst (twice 100 per second) passes.
+    for seq in 1..=300 {
+        send(&mut net, seq);
+    }
+    assert_eq!(net.ep(1).counters().drop_rate_limited, 100);
+    // A second later (100 tokens back): 300 datagrams of one update. One flow is
+    // shared, so a copy of the update is two datagrams at most, and the mover makes
+    // 16 copies at most: 32 pass as its parts, the first and the rest take tokens.
+    net.sleep(Duration::from_secs(1));
+    for _ in 0..300 {
+        send(&mut net, 400);
+    }
+    assert_eq!(net.ep(1).counters().drop_rate_limited, 100 + 300 - 1 - 32 - 99);
+    assert!(
+        !net.hosts[1].table.contains_key(&flow.reversed()),
+        "nothing moved"
+    );
+}
+
+#[test]
+fn a_route_change_sends_the_outstanding_update_again_at_once_twice_at_most() {
+    let (mut net, flow) = pair_with_flow();
+    // The first update leaves by a route that is gone (lost).
+    let mut lost = false;
+    net.lose = Box::new(move |t| {
+        let first_cu = !lost && t.payload.get(1) == Some(&(MessageType::ConnectionUpdate as u8));
+        lost |= first_cu;
+        first_cu
+    });
+    net.move_host(0, "10.0.1.2", "10.0.2.7");
+    let cus = |net: &Net| {
+        net.in_flight
+            .iter()
+            .filter(|(_, t)| t.payload[1] == MessageType::ConnectionUpdate as u8)
+            .count()
+    };
+    assert_eq!(cus(&net), 0, "lost");
+    net.sleep(Duration::from_millis(2));
+    net.input(0, Input::RoutesChanged);
+    assert_eq!(cus(&net), 1, "sent again at once");
+    net.input(0, Input::RoutesChanged);
+    net.input(0, Input::RoutesChanged);
+    assert_eq!(cus(&net), 2, "twice at most");
+    assert_eq!(net.ep(0).counters().route_resends, 2);
+    net.drive();
+    assert_eq!(net.hosts[0].table[&flow].current.local, sa("10.0.2.7:40000"));
+    let completed = net.hosts[0].events.iter().find_map(|e| match e {
+        Event::MoveCompleted {
+            elapsed, retransmits, ..
+        } => Some((*elapsed, *retransmits)),
+        _ => None,
+    });
+    // A round trip after the route change, not a timeout; no back-off.
+    assert_eq!(completed, Some((Duration::from_millis(22), 0)));
+    let b = net.ep(1).node_id();
+    assert_eq!(
+        net.ep(0).peer(b).unwrap().srtt,
+        Some(Duration::from_millis(20)),
+        "an answer to one of two copies is no sample (Karn)"
+    );
+    // Both copies arrived and were answered: the second answer is a duplicate, not
+    // an unexpected reply (which `roam status` lists among the drops).
+    assert_eq!(net.ep(0).counters().duplicate_replies, 1);
+    assert_eq!(net.ep(0).counters().drop_unexpected_reply, 0);
+    // Nothing outstanding: a route change sends nothing.
+    net.input(0, Input::RoutesChanged);
+    assert!(net.in_flight.is_empty());
+}

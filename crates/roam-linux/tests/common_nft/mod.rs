@@ -19,6 +19,17 @@ impl Netns {
         .expect("open the nftables data plane")
     }
 
+    /// A kernel data plane in this namespace whose transactions run in process
+    /// (libnftables) or as `nft` processes.
+    pub fn plane_in_process(&self, in_process: bool) -> NftDataPlane {
+        NftDataPlane::open_with(NftConfig {
+            netns: Some(self.path()),
+            in_process,
+            ..NftConfig::default()
+        })
+        .expect("open the nftables data plane")
+    }
+
     /// A kernel data plane in this namespace, with its ICMP relay (which also carries
     /// the retransmission kick) on or off.
     pub fn plane_with_relay(&self, relay: bool) -> NftDataPlane {
