@@ -47,7 +47,10 @@ fn loss_set_at_run_time_shows_in_a_ping_flood_and_resets() {
     link.set_loss(UP, 0.0);
     let clean = ping(topo.a(), b, &flood).expect("ping");
     println!("loss reset: ping flood lost {:.1}%", clean.loss() * 100.0);
-    assert_eq!(clean.loss(), 0.0);
+    // The link drops nothing more by loss. (A reply can still miss ping's deadline on
+    // a machine busy with other work: seen once in 1,000 while a benchmark ran.)
+    assert_eq!(link.counters(UP).dropped_loss, counters.dropped_loss);
+    assert!(clean.loss() < 0.01, "loss {}", clean.loss());
 
     // A timed change reverts on its own.
     let started = Instant::now();
