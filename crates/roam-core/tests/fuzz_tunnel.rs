@@ -11,8 +11,11 @@ use std::collections::BTreeMap;
 
 use etherparse::PacketBuilder;
 use proptest::prelude::*;
-use rand_chacha::ChaCha8Rng;
-use rand_chacha::rand_core::{RngCore, SeedableRng};
+
+#[path = "support/mutations.rs"]
+mod mutations;
+
+use mutations::Mutations;
 
 #[test]
 fn every_tunnel_corpus_input_keeps_the_fuzz_invariants() {
@@ -52,38 +55,18 @@ fn every_tunnel_corpus_input_keeps_the_fuzz_invariants() {
 
 #[test]
 fn seeded_mutations_of_the_tunnel_corpus_keep_the_fuzz_invariants() {
-    let files = corpus::at_least("tunnel_unwrap", 20);
-    let mut rng = ChaCha8Rng::seed_from_u64(0x7475_6e6e);
-    // `ROAM_FUZZ_MUTATIONS=10000000 cargo test ...` for a longer run.
-    let n: u64 = std::env::var("ROAM_FUZZ_MUTATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
-    for i in 0..n {
-        let (name, base) = &files[rng.next_u32() as usize % files.len()];
-        let mut data = base.clone();
-        for _ in 0..1 + rng.next_u32() % 4 {
-            if data.is_empty() {
-                break;
-            }
-            let at = rng.next_u32() as usize % data.len();
-            match rng.next_u32() % 5 {
-                0 => data[at] ^= 1 << (rng.next_u32() % 8),
-                1 => data[at] = rng.next_u32() as u8,
-                2 => data.truncate(at.max(2)),
-                3 => data[0] = rng.next_u32() as u8,
-                _ => {
-                    let i = 1.min(data.len() - 1);
-                    data[i] = rng.next_u32() as u8;
-                }
-            }
-        }
-        let r = std::panic::catch_unwind(|| roam_core::fuzzing::tunnel_unwrap(&data));
-        assert!(
-            r.is_ok(),
-            "mutation {i} of {name} breaks an invariant: {data:02x?}"
-        );
+    Mutations {
+        seed: 0x7475_6e6e,
+        runs: 20_000,
+        max_edits: 4,
+        protect: 0,
+        // The harness's selectors: the table and the outer addresses.
+        selectors: &[0, 1],
+        min_len: 2,
     }
+    .check(&corpus::at_least("tunnel_unwrap", 20), |data| {
+        let _ = roam_core::fuzzing::tunnel_unwrap(data);
+    });
 }
 
 /// A valid TCP or UDP packet of either family, between addresses that sometimes are

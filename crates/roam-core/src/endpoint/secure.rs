@@ -25,6 +25,14 @@ use crate::translate::{Protocol, Tuple};
 /// bytes sealed: this is the first copy and every retransmission).
 const CHALLENGE_RESERVE: u64 = 1024;
 
+/// Why a sealed message was not sent.
+enum NotSent {
+    /// No session with the peer (or sealing failed).
+    NoSession,
+    /// The unproven address's budget has no room: the message, handed back.
+    OverBudget(Message),
+}
+
 /// Answers held for unproven addresses of one peer, at most (a move of 100,000 IPv4
 /// flows is some 2,500 answers; beyond this the mover's retransmission asks again).
 const MAX_OWED: usize = 4096;
@@ -803,7 +811,7 @@ impl Endpoint {
 
     /// Seals `msg` for `peer` under its current session and sends it from `src_ip` to
     /// `dst`, unless `dst` is an address of the peer's that has not proven it receives
-    /// there and this would exceed its budget. Whether it was sent.
+    /// there and this would exceed its budget (counted). Whether it was sent.
     pub(super) fn send_sealed(
         &mut self,
         peer: NodeId,
@@ -811,11 +819,32 @@ impl Endpoint {
         dst: SocketAddr,
         msg: Message,
     ) -> bool {
+        match self.try_send_sealed(peer, src_ip, dst, msg) {
+            Ok(()) => true,
+            Err(NotSent::OverBudget(_)) => {
+                self.counters.budget_refusals += 1;
+                debug!(%dst, "not sending to an unvalidated address: over its budget");
+                false
+            }
+            Err(NotSent::NoSession) => false,
+        }
+    }
+
+    /// [`Endpoint::send_sealed`], handing back a message the budget refused.
+    fn try_send_sealed(
+        &mut self,
+        peer: NodeId,
+        src_ip: IpAddr,
+        dst: SocketAddr,
+        msg: Message,
+    ) -> Result<(), NotSent> {
         let cap = self.config.unvalidated_budget;
         let Some(p) = self.peers.get_mut(&peer) else {
-            return false;
+            return Err(NotSent::NoSession);
         };
-        let Some(index) = p.session else { return false };
+        let Some(index) = p.session else {
+            return Err(NotSent::NoSession);
+        };
         let len = msg.encoded_len();
         // Room is kept for the challenge itself (and its retransmissions): answers that
         // filled the budget must not stop the one message that lifts it.
@@ -826,16 +855,14 @@ impl Endpoint {
         };
         let path = p.path(dst.ip());
         if !path.may_send(len, cap) {
-            self.counters.budget_refusals += 1;
-            debug!(%dst, "not sending to an unvalidated address: over its budget");
-            return false;
+            return Err(NotSent::OverBudget(msg));
         }
         if !path.validated {
             path.sent += len as u64;
         }
         let fin = p.unconfirmed_finish.clone();
         let Some(s) = self.sessions.get_mut(&index) else {
-            return false;
+            return Err(NotSent::NoSession);
         };
         match s.seal(msg) {
             Ok(payload) => {
@@ -855,11 +882,11 @@ impl Endpoint {
                     dst,
                     payload,
                 });
-                true
+                Ok(())
             }
             Err(e) => {
                 debug_assert!(false, "cannot seal: {e}");
-                false
+                Err(NotSent::NoSession)
             }
         }
     }
@@ -870,22 +897,16 @@ impl Endpoint {
     /// answers to a move of many flows arrive one round trip after the echo, not one
     /// retransmission timeout each.
     pub(super) fn send_or_owe(&mut self, peer: NodeId, src: IpAddr, dst: SocketAddr, msg: Message) {
-        let cap = self.config.unvalidated_budget.saturating_sub(CHALLENGE_RESERVE);
-        let Some(p) = self.peers.get_mut(&peer) else {
+        let Err(NotSent::OverBudget(msg)) = self.try_send_sealed(peer, src, dst, msg) else {
             return;
         };
-        let fits = p
-            .paths
-            .get(&dst.ip())
-            .is_none_or(|path| path.may_send(msg.encoded_len(), cap));
-        if fits {
-            self.send_sealed(peer, src, dst, msg);
-        } else if p.owed.len() < MAX_OWED {
-            self.counters.answers_deferred += 1;
-            p.owed.push(Owed { src, dst, msg });
-        } else {
+        match self.peers.get_mut(&peer) {
+            Some(p) if p.owed.len() < MAX_OWED => {
+                self.counters.answers_deferred += 1;
+                p.owed.push(Owed { src, dst, msg });
+            }
             // The mover's retransmission will ask again.
-            self.counters.budget_refusals += 1;
+            _ => self.counters.budget_refusals += 1,
         }
     }
 

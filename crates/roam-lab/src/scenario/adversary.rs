@@ -945,6 +945,7 @@ pub(super) fn control_garbage(run: &mut Run) -> Result<(), LabError> {
     }
     let family = run.family();
     let status_b = run
+        .roamds
         .status("b")
         .ok_or_else(|| LabError::Invalid("no status from B".into()))?;
     let port = status_b["control_port"]
@@ -960,16 +961,19 @@ pub(super) fn control_garbage(run: &mut Run) -> Result<(), LabError> {
     run.move_a()?;
     // The move's exchange is over (update, acknowledgment, B's challenge of A's new
     // address and its answer): from here on neither side has anything to say.
-    run.wait_status("a", Duration::from_secs(10), |s| counter(s, "flows_moved") >= 1)?;
-    run.wait_status("b", Duration::from_secs(10), |s| {
+    run.roamds
+        .wait_status("a", Duration::from_secs(10), |s| counter(s, "flows_moved") >= 1)?;
+    run.roamds.wait_status("b", Duration::from_secs(10), |s| {
         counter(s, "migrations_applied") >= 1 && counter(s, "paths_validated") >= 1
     })?;
     std::thread::sleep(Duration::from_millis(200));
     let captured = tap.stop()?;
     let quiet = SystemTime::now();
     let before = [
-        run.wait_status_since("a", quiet, Duration::from_secs(5), |_| true)?,
-        run.wait_status_since("b", quiet, Duration::from_secs(5), |_| true)?,
+        run.roamds
+            .wait_status_since("a", quiet, Duration::from_secs(5), |_| true)?,
+        run.roamds
+            .wait_status_since("b", quiet, Duration::from_secs(5), |_| true)?,
     ];
     let plane = run.options.data_plane.clone();
     let kernel_before = [kernel_state(run.a(), &plane)?, kernel_state(run.b(), &plane)?];
@@ -1039,10 +1043,14 @@ pub(super) fn control_garbage(run: &mut Run) -> Result<(), LabError> {
         // Every datagram read (a genuine one would only add; none is due now).
         let received_before = daemon_counter(was, "datagrams_received");
         let now = run
+            .roamds
             .wait_status_since(host, attack_done, Duration::from_secs(5), |s| {
                 daemon_counter(s, "datagrams_received") >= received_before + sent.datagrams
             })
-            .or_else(|_| run.wait_status_since(host, attack_done, Duration::from_secs(3), |_| true))?;
+            .or_else(|_| {
+                run.roamds
+                    .wait_status_since(host, attack_done, Duration::from_secs(3), |_| true)
+            })?;
         let delta = |name: &str| counter(&now, name).saturating_sub(counter(was, name));
         check_eq(
             run,
@@ -1209,7 +1217,8 @@ pub(super) fn control_garbage(run: &mut Run) -> Result<(), LabError> {
         ));
     }
     run.move_a()?;
-    run.wait_status("a", Duration::from_secs(10), |s| counter(s, "flows_moved") >= 2)?;
+    run.roamds
+        .wait_status("a", Duration::from_secs(10), |s| counter(s, "flows_moved") >= 2)?;
     run.notes.push(format!(
         "the stream was {STREAM_FACTOR} times the configured size, to outlast the attack between the moves"
     ));
@@ -1226,16 +1235,17 @@ pub(super) fn peer_without_roam(run: &mut Run) -> Result<(), LabError> {
     }
     let family = run.family();
     let status_a = run
+        .roamds
         .status("a")
         .ok_or_else(|| LabError::Invalid("no status from A".into()))?;
     let port = status_a["control_port"].as_u64().unwrap_or(0);
     // B is an ordinary server: no roamd, nothing of roam in its kernel (no nftables
     // table, no routing rule), nothing on the control port.
-    if !run.stop_roamd("b")? {
+    if !run.roamds.stop("b")? {
         return Err(LabError::Invalid("roamd on b did not stop on SIGTERM".into()));
     }
     // B is to look like a host that never ran roam: no status either.
-    let _ = std::fs::remove_file(run.status_path("b"));
+    let _ = std::fs::remove_file(run.roamds.status_path("b"));
     let table = run
         .b()
         .exec(&["nft", "list", "tables"])?
@@ -1278,9 +1288,11 @@ pub(super) fn peer_without_roam(run: &mut Run) -> Result<(), LabError> {
     // 1 s (docs/PROTOCOL.md, "Handshakes"): 3.4 s after the first flow listing that
     // shows the connection.
     let given_up = SystemTime::now();
-    let a_before = run.wait_status_since("a", given_up, Duration::from_secs(15), |s| {
-        counter(s, "registrations_failed") >= 1
-    })?;
+    let a_before = run
+        .roamds
+        .wait_status_since("a", given_up, Duration::from_secs(15), |s| {
+            counter(s, "registrations_failed") >= 1
+        })?;
     let registration = opened.elapsed();
     if source.sent() >= doomed_bytes {
         return Err(LabError::Invalid("the stream ended before the move".into()));
@@ -1311,7 +1323,7 @@ pub(super) fn peer_without_roam(run: &mut Run) -> Result<(), LabError> {
 
     let at_move = sink.received();
     run.move_a()?;
-    run.wait_status("a", Duration::from_secs(10), |s| {
+    run.roamds.wait_status("a", Duration::from_secs(10), |s| {
         counter(s, "flows_stranded") >= 1
     })?;
     // What was in flight at the move still arrives; then nothing can: A's packets leave
@@ -1366,7 +1378,9 @@ pub(super) fn peer_without_roam(run: &mut Run) -> Result<(), LabError> {
 
     // What A's roamd counted.
     let done = SystemTime::now();
-    let a = run.wait_status_since("a", done, Duration::from_secs(5), |_| true)?;
+    let a = run
+        .roamds
+        .wait_status_since("a", done, Duration::from_secs(5), |_| true)?;
     for (name, expected) in [
         ("registrations_failed", 1),
         ("handshakes_failed", 1),

@@ -644,7 +644,7 @@ fn stop_roamd(run: &mut Run) -> Result<(), LabError> {
     run.notes
         .push("roam down and roamd stopped (SIGTERM) on A and B before the plain-TCP run".into());
     for host in ["a", "b"] {
-        if !run.stop_roamd(host)? {
+        if !run.roamds.stop(host)? {
             run.notes.push(format!(
                 "roamd on {host} did not stop within 10 s of SIGTERM and was killed"
             ));

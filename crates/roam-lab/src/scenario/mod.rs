@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::capture::{
     Capture, CaptureOptions, CaptureSummary, PacketFilter, Protocol, goodput, handover_gap,
 };
-use crate::netns::{Child, LabError, Ns};
+use crate::netns::{LabError, Ns};
 use crate::roamd::{RoamdConfig, Roamds};
 use crate::timeline::Timeline;
 use crate::topology::{B_IF, Family, MoveTimes, Subnet, Topology, TopologyOptions};
@@ -531,46 +531,6 @@ impl Run {
         self.roamds.spawn_from(ns, host, bin)
     }
 
-    fn roamd(&self, host: &str) -> Result<&Child, LabError> {
-        self.roamds.child(host)
-    }
-
-    /// `roam down`, then SIGTERM (see [`Roamds::stop`]).
-    fn stop_roamd(&mut self, host: &str) -> Result<bool, LabError> {
-        self.roamds.stop(host)
-    }
-
-    fn status_path(&self, host: &str) -> PathBuf {
-        self.roamds.status_path(host)
-    }
-
-    /// roamd's last status snapshot on `host`.
-    pub fn status(&self, host: &str) -> Option<serde_json::Value> {
-        self.roamds.status(host)
-    }
-
-    /// Waits (bounded) until `host`'s status satisfies `ok`.
-    fn wait_status(
-        &self,
-        host: &str,
-        within: Duration,
-        ok: impl Fn(&serde_json::Value) -> bool,
-    ) -> Result<serde_json::Value, LabError> {
-        self.roamds.wait_status(host, within, ok)
-    }
-
-    /// Waits (bounded) until `host`'s status, from a snapshot written after `after`,
-    /// satisfies `ok`.
-    fn wait_status_since(
-        &self,
-        host: &str,
-        after: SystemTime,
-        within: Duration,
-        ok: impl Fn(&serde_json::Value) -> bool,
-    ) -> Result<serde_json::Value, LabError> {
-        self.roamds.wait_status_since(host, after, within, ok)
-    }
-
     /// Waits until both roamds know each other and share at least one flow: the
     /// session a move needs exists.
     fn wait_sessions(&self) -> Result<(), LabError> {
@@ -690,7 +650,7 @@ impl Run {
         std::thread::sleep(Duration::from_millis(1100));
         let roamd: Vec<(String, serde_json::Value)> = ["a", "b"]
             .iter()
-            .filter_map(|h| self.status(h).map(|s| (h.to_string(), s)))
+            .filter_map(|h| self.roamds.status(h).map(|s| (h.to_string(), s)))
             .collect();
         // What `roam status` shows on each host at the end, for a person to read.
         if let Some(out) = self.options.out.clone() {

@@ -110,7 +110,7 @@ impl Run {
         signal: libc::c_int,
         within: Duration,
     ) -> Result<Option<ExitStatus>, LabError> {
-        let child = self.roamd(host)?;
+        let child = self.roamds.child(host)?;
         crate::sys::signal(child.pid(), signal)
             .map_err(|e| LabError::io(format!("signalling roamd on {host}"), e))?;
         let status = child.wait_timeout(within)?;
@@ -193,7 +193,7 @@ fn steps(run: &mut Run, plan: &Plan, listen: SocketAddr) -> Result<(), LabError>
     // Both ends translate the stream before its roamd goes.
     let mut before = Vec::new();
     for h in [host, other] {
-        before.push(run.wait_status_since(h, move_started, STATUS_WAIT, |s| {
+        before.push(run.roamds.wait_status_since(h, move_started, STATUS_WAIT, |s| {
             stream_flow(s, h, listen).is_some_and(|f| f.translated())
         })?);
     }
@@ -262,25 +262,29 @@ fn steps(run: &mut Run, plan: &Plan, listen: SocketAddr) -> Result<(), LabError>
         ));
     }
     let restored = run
+        .roamds
         .wait_status(host, STATUS_WAIT, |s| {
             stream_flow(s, host, listen).is_some_and(|f| f.translated()) && peer_flows(s) >= 1
         })
         .or_else(|e| {
             run.notes.push(format!("after the restart: {e}"));
-            run.status(host).ok_or(e)
+            run.roamds.status(host).ok_or(e)
         });
     check_restored(run, plan, &flow_before, restored.as_ref().ok(), listen);
 
     // The peer's roamd saw the restarted one handshake again (it holds no session
     // the new process could use).
-    let rehandshake = run.wait_status_since(other, restarted_at, STATUS_WAIT, |s| {
-        counter(s, "handshakes_completed") > handshakes_before
-    });
+    let rehandshake = run
+        .roamds
+        .wait_status_since(other, restarted_at, STATUS_WAIT, |s| {
+            counter(s, "handshakes_completed") > handshakes_before
+        });
     let observed = match &rehandshake {
         Ok(s) => format!("{} completed", counter(s, "handshakes_completed")),
         Err(e) => format!(
             "{} completed ({e})",
-            run.status(other)
+            run.roamds
+                .status(other)
                 .map_or(0, |s| counter(&s, "handshakes_completed"))
         ),
     };
@@ -354,13 +358,13 @@ fn steps(run: &mut Run, plan: &Plan, listen: SocketAddr) -> Result<(), LabError>
                 f.current.1.ip() == a_now
             }
         };
-        let settled = run.wait_status_since(h, back_started, STATUS_WAIT, |s| {
+        let settled = run.roamds.wait_status_since(h, back_started, STATUS_WAIT, |s| {
             stream_flow(s, h, listen).is_some_and(|f| on_a(&f))
         });
         let observed = match &settled {
             Ok(s) => stream_flow(s, h, listen).map_or_else(|| "no flow".into(), |f| describe_flow(&f)),
             Err(e) => {
-                let last = run.status(h).and_then(|s| stream_flow(&s, h, listen));
+                let last = run.roamds.status(h).and_then(|s| stream_flow(&s, h, listen));
                 format!(
                     "{} ({e})",
                     last.map_or_else(|| "no flow".into(), |f| describe_flow(&f))

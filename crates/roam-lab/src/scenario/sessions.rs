@@ -230,7 +230,7 @@ fn roamd_flow(
     protocol: &str,
     original: (SocketAddr, SocketAddr),
 ) -> Option<RoamdFlow> {
-    let status = run.status(host)?;
+    let status = run.roamds.status(host)?;
     status["flows"].as_array()?.iter().find_map(|f| {
         let o = parse_tuple(&f["original"])?;
         (f["original"]["protocol"] == protocol && o == original).then(|| RoamdFlow {

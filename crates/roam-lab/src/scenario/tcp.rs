@@ -40,10 +40,10 @@ pub(super) fn peer_stopped(run: &mut Run) -> Result<(), LabError> {
     let (sink, source) = run.bulk(5004)?;
     run.wait_sessions()?;
     run.wait_sent(&source, 0.3)?;
-    run.roamd("b")?.suspend()?;
+    run.roamds.child("b")?.suspend()?;
     run.move_a()?;
     std::thread::sleep(Duration::from_secs(5));
-    run.roamd("b")?.resume()?;
+    run.roamds.child("b")?.resume()?;
     run.notes
         .push("B's roamd was stopped (SIGSTOP) for 5 s from the move".into());
     run.finish_bulk("bulk a->b", sink, source)
